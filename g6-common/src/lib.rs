@@ -1,3 +1,83 @@
 //! Types shared by the eBPF programs (`g6-ebpf`) and the agent (`g6-user`).
 //! `#[repr(C)]`, integers only, sizes asserted; `aya::Pod` only with the `user` feature.
 #![no_std]
+
+/// Capacity of the sockmap: sockets (two per accelerated pair). The hash maps use
+/// `BPF_F_NO_PREALLOC`, so an idle agent does not pay for the capacity.
+pub const MAX_SOCKETS: u32 = 65536;
+
+/// Names of the objects in the eBPF ELF, shared so that a rename breaks the build, not start-up.
+pub const PROG_VERDICT: &str = "g6_verdict";
+pub const MAP_SOCKS: &str = "G6_SOCKS";
+pub const MAP_PEERS: &str = "G6_PEERS";
+pub const MAP_CONNS: &str = "G6_CONNS";
+
+/// Per-socket state in `G6_CONNS`, keyed by the socket's own `SO_COOKIE`.
+///
+/// The agent inserts it zeroed except `pair`; afterwards only the verdict program writes it.
+/// The redirect target lives in a separate map (`G6_PEERS: cookie -> peer cookie`), because a
+/// userspace update of a hash element replaces it and would lose the kernel's concurrent counter
+/// increments (the FIN drain check depends on `redirected_bytes` being exact).
+///
+/// All times are `bpf_ktime_get_ns()` = `CLOCK_MONOTONIC` in ns; 0 = never.
+/// "Data skb" = an skb with `len > 0` (the FIN's zero-length skb is only counted in `skbs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// Peer the last data skb was redirected to; 0 = it was passed to this socket locally.
+    pub peer: u64,
+    /// The other socket of the pair (fixed at insertion); used for turn/RT tracking.
+    pub pair: u64,
+    /// Bytes redirected to the peer. Incremented *before* the redirect, so a concurrent reader
+    /// never sees fewer bytes than are on their way (it may briefly see more).
+    pub redirected_bytes: u64,
+    /// Bytes passed to this socket's own receive queue (no peer, or the redirect failed).
+    /// Sticky: once non-zero, every later byte is passed too, so the agent's relay of the
+    /// passed bytes cannot be overtaken by redirected ones.
+    pub passed_bytes: u64,
+    /// Every skb the verdict saw for this socket, FINs included.
+    pub skbs: u64,
+    /// Redirects refused by the kernel (peer not in the sockhash); those bytes were passed.
+    pub redirect_fail: u64,
+    /// First and last data skb.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Start of this socket's current turn: its first data skb after the other side sent.
+    pub turn_ns: u64,
+    /// Turns started on this socket.
+    pub turns: u64,
+    /// Response-time samples: `turn_ns(this) - turn_ns(pair)` when this socket starts a turn
+    /// that answers the pair's turn. Meaningful on the server-facing socket (SPEC §6 RT).
+    pub rt_last_ns: u64,
+    pub rt_samples: u64,
+    pub rt_sum_ns: u64,
+}
+
+// Only u64 fields: no implicit padding; the kernel and the agent must agree on this size.
+const _: () = assert!(core::mem::size_of::<ConnState>() == 13 * 8);
+const _: () = assert!(core::mem::align_of::<ConnState>() == 8);
+
+impl ConnState {
+    /// The entry the agent inserts for a new pair.
+    pub const fn new(pair: u64) -> Self {
+        ConnState {
+            peer: 0,
+            pair,
+            redirected_bytes: 0,
+            passed_bytes: 0,
+            skbs: 0,
+            redirect_fail: 0,
+            first_ns: 0,
+            last_ns: 0,
+            turn_ns: 0,
+            turns: 0,
+            rt_last_ns: 0,
+            rt_samples: 0,
+            rt_sum_ns: 0,
+        }
+    }
+}
+
+// SAFETY: repr(C), integers only, no padding (asserted above); every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnState {}

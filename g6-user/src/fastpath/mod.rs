@@ -1,1 +1,42 @@
-//! (in progress)
+//! The optional sockmap fast path (SPEC §5.6 `sockmap`): an `sk_skb/stream_verdict` program on
+//! a SOCKHASH splices an accepted client socket to its backend socket inside the kernel.
+//!
+//! Design and measurements: shared/design/ebpf-fastpath.md. The rules a session driver must
+//! follow (each one encoded or helped here):
+//! 1. [`FastPath::insert_pair`] kicks with `SO_RCVLOWAT` so bytes queued before insertion move.
+//! 2. The verdict passes the FIN (zero-length skb) locally: EOF shows as `recv() == 0`.
+//! 3. Before propagating a FIN to the other socket, wait for [`FastPath::drained`].
+//! 4. There is no kernel backpressure: poll [`FastPath::backlog`]; over a high-water mark call
+//!    [`FastPath::set_peer`]`(src, 0)`, wait until drained, then relay that direction in
+//!    userspace (locally passed bytes are readable from the source socket, in order).
+//! 5. [`FastPath::remove_pair`] only after both directions ended and drained, or on abort.
+//!
+//! Start-up calls [`probe`]; any error means "sockmap unavailable, reason ...".
+
+mod error;
+mod loader;
+mod pairs;
+mod selftest;
+pub mod sys;
+
+pub use error::FastPathError;
+pub use g6_common::ConnState;
+pub use loader::FastPath;
+pub use pairs::PairKeys;
+pub use sys::{TcpInfoLite, bytes_sent, outq, set_rcvlowat, socket_cookie, tcp_info};
+
+/// The eBPF object built by `build.rs`; empty when the agent was built without it.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/g6"));
+
+/// Whether this binary carries the eBPF object (the build degrades to an empty one when the
+/// eBPF toolchain is missing, unless `G6_EBPF_STRICT=1`).
+pub fn object_embedded() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
+/// Load, attach and self-test: what start-up calls to decide whether `sockmap` is available.
+pub fn probe() -> Result<FastPath, FastPathError> {
+    let fp = FastPath::load()?;
+    fp.self_test()?;
+    Ok(fp)
+}

@@ -1,0 +1,255 @@
+//! One admin connection (SPEC.md §9): every complete line is executed in order, whatever the
+//! segmentation; replies keep that order; a final unterminated line runs at EOF; an overlong
+//! line closes the connection. The work is small and in-memory, so it never blocks relaying.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Shared;
+use super::registry::{Entry, ManagerInfo};
+use super::relay::CloseReason;
+use super::session::{Admitted, access_log};
+use crate::admin::{
+    self, Command, LineSplitter, RuleStats, ServerStateView, ServerStats, SessionRow, ShowWhat,
+    VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT,
+};
+use crate::config::render_rules;
+use crate::isolation::Now;
+use crate::runtime::{Runtime, lock};
+use std::os::fd::AsRawFd;
+
+/// Result of running one line.
+enum Outcome {
+    Continue,
+    Close,
+}
+
+fn session_rows(shared: &Shared) -> Vec<SessionRow> {
+    let mut rows: Vec<SessionRow> = shared
+        .listeners()
+        .iter()
+        .map(|l| SessionRow::Listen {
+            rule: l.rule_id.clone(),
+            listen: l.addr,
+            listen_fd: l.fd,
+        })
+        .collect();
+    for entry in shared.registry.snapshot() {
+        rows.push(match entry {
+            Entry::Manager(m) => SessionRow::Manager {
+                rule: m.listener.rule_id.clone(),
+                peer: m.peer,
+                fd: m.fd,
+                listen: m.listener.addr,
+                listen_fd: m.listener.fd,
+                age_ms: m.start.elapsed().as_millis() as u64,
+                idle_ms: m.idle_ms(),
+            },
+            Entry::Proxy(p) => {
+                let (server, server_fd) = lock(&p.server).unwrap_or((p.client, -1));
+                let t = &p.traffic;
+                SessionRow::Proxy {
+                    connected: p.connected.load(Relaxed),
+                    rule: p.listener.rule_id.clone(),
+                    client: p.client,
+                    client_fd: p.client_fd,
+                    listen: p.listener.addr,
+                    listen_fd: p.listener.fd,
+                    server,
+                    server_fd,
+                    data_path: p.path().map(|d| d.as_str()),
+                    bytes_in: t.bytes_in.load(Relaxed),
+                    bytes_out: t.bytes_out.load(Relaxed),
+                    age_ms: t.start.elapsed().as_millis() as u64,
+                    idle_ms: t.idle_ms(),
+                    client_eof: t.client_eof.load(Relaxed),
+                    server_eof: t.server_eof.load(Relaxed),
+                }
+            }
+        });
+    }
+    rows
+}
+
+fn stats(rt: &Runtime, now: Now) -> Vec<RuleStats> {
+    rt.config
+        .rules
+        .iter()
+        .zip(&rt.rules)
+        .map(|(rule, rr)| RuleStats {
+            id: rule.id.clone(),
+            alg: rule.alg.as_str(),
+            active: rr.counters.active.load(Relaxed),
+            total: rr.counters.total.load(Relaxed),
+            refused: rr.counters.refused.load(Relaxed),
+            bytes_in: rr.counters.bytes_in.load(Relaxed),
+            bytes_out: rr.counters.bytes_out.load(Relaxed),
+            servers: rr
+                .servers
+                .iter()
+                .map(|s| ServerStats {
+                    addr: s.entry.addr,
+                    state: s.state_name(now),
+                    active: s.limits.active().into(),
+                    total: s.total.load(Relaxed),
+                    failures: s.failures.load(Relaxed),
+                    bytes_in: s.bytes_in.load(Relaxed),
+                    bytes_out: s.bytes_out.load(Relaxed),
+                    rt_us: s.rt_us(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Applies `op` to every server entry at `ip:port`; one reply line per entry it reports.
+fn for_servers(
+    rt: &Runtime,
+    ip: IpAddr,
+    port: u16,
+    verb: &str,
+    op: impl Fn(&mut crate::isolation::Isolation, Now) -> bool,
+) -> String {
+    let now = Now::now();
+    let mut reply = String::new();
+    for (rule, server) in rt.servers_at(ip, port) {
+        let mut iso = lock(&server.isolation);
+        if op(&mut iso, now) {
+            tracing::warn!(
+                "rule {}: server {} {verb} by admin; now {}",
+                rule.id,
+                server.text,
+                iso.state_name(now)
+            );
+            reply.push_str(&admin::reply_matches(&rule.id, ip, port, verb));
+        }
+    }
+    reply
+}
+
+fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
+    let command = admin::parse_command(line);
+    if let Some(fixed) = command.fixed_reply() {
+        out.extend_from_slice(&fixed);
+        return Outcome::Continue;
+    }
+    let rt = shared.runtime();
+    let now = Now::now();
+    let reply = match command {
+        Command::Quit => return Outcome::Close,
+        Command::Show { what, json } => match (what, json) {
+            (ShowWhat::Rules, false) => render_rules(&rt.config, &|ri, si| {
+                rt.rules[ri].servers[si].triple(now)
+            }),
+            (ShowWhat::Rules, true) => admin::render_rules_json(&rt.config, &|ri, si| {
+                let s = &rt.rules[ri].servers[si];
+                let t = s.triple(now);
+                ServerStateView {
+                    hb: t.hb,
+                    unable: t.unable,
+                    deadline: t.deadline,
+                    state: s.state_name(now),
+                }
+            }),
+            (ShowWhat::Sessions, false) => admin::render_sessions_text(&session_rows(shared)),
+            (ShowWhat::Sessions, true) => admin::render_sessions_json(&session_rows(shared)),
+            (ShowWhat::Stats, false) => admin::render_stats_text(&stats(&rt, now)),
+            (ShowWhat::Stats, true) => admin::render_stats_json(&stats(&rt, now)),
+        },
+        Command::Disable { ip, port, secs } => {
+            for_servers(&rt, ip, port, VERB_DISABLE, |iso, now| {
+                iso.disable(secs, now);
+                true
+            })
+        }
+        Command::Enable { ip, port, secs } => for_servers(&rt, ip, port, VERB_ENABLE, |iso, now| {
+            iso.enable(secs, now);
+            true
+        }),
+        Command::Heartbeat { ip, port } => {
+            for_servers(&rt, ip, port, VERB_HEARTBEAT, |iso, now| iso.heartbeat(now))
+        }
+        // Handled by `fixed_reply` above.
+        _ => String::new(),
+    };
+    out.extend_from_slice(reply.as_bytes());
+    Outcome::Continue
+}
+
+async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Serves one admin client until `quit`, EOF, an overlong line or an error.
+pub async fn run(shared: Arc<Shared>, a: Admitted) {
+    let rt = a.runtime.clone();
+    let rr = &rt.rules[a.rule];
+    let info = Arc::new(ManagerInfo::new(
+        a.listener.clone(),
+        a.peer,
+        a.client.as_raw_fd(),
+    ));
+    let _registration = shared.registry.register(Entry::Manager(info.clone()));
+    rr.counters.active.fetch_add(1, Relaxed);
+    rr.counters.total.fetch_add(1, Relaxed);
+    let start = info.start;
+    let (mut received, mut sent) = (0u64, 0u64);
+    let mut splitter = LineSplitter::new();
+    let mut buf = vec![0u8; 4096];
+    let mut lines = Vec::new();
+    let mut out = Vec::new();
+    let reason = 'conn: loop {
+        if a.client.readable().await.is_err() {
+            break CloseReason::ClientReset;
+        }
+        let n = match a.client.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break CloseReason::ClientReset,
+        };
+        info.touch();
+        received += n as u64;
+        let at_eof = n == 0;
+        let too_long = splitter.push(&buf[..n], &mut lines).is_err();
+        if at_eof {
+            lines.extend(std::mem::take(&mut splitter).finish());
+        }
+        let mut close = too_long || at_eof;
+        for line in lines.drain(..) {
+            if let Outcome::Close = execute(&shared, &line, &mut out) {
+                close = true;
+                break;
+            }
+        }
+        if !out.is_empty() {
+            if write_all(&a.client, &out).await.is_err() {
+                break 'conn CloseReason::ClientReset;
+            }
+            sent += out.len() as u64;
+            out.clear();
+        }
+        if close {
+            break CloseReason::ClientClose;
+        }
+    };
+    rr.counters.active.fetch_sub(1, Relaxed);
+    access_log(
+        &rt.config.rules[a.rule].id,
+        a.peer,
+        a.listener.addr,
+        None,
+        None,
+        (received, sent),
+        start,
+        reason,
+    );
+}

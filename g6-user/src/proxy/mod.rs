@@ -1,0 +1,181 @@
+//! Serving (SPEC.md §5): accept loops, admission (slots → client filter → client limits),
+//! then an admin session or a proxied session per client.
+
+pub mod admin_conn;
+pub mod connect;
+pub mod pool;
+pub mod registry;
+pub mod relay;
+pub mod session;
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::limits::SlotPool;
+use crate::runtime::{Runtime, lock};
+use registry::{ListenerInfo, Registry};
+use relay::{CloseReason, DataPath};
+
+/// State shared by every task of the worker.
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    pub registry: Arc<Registry>,
+    pub slots: Arc<SlotPool>,
+    pub data_path: DataPath,
+    /// Clients refused because descriptors ran out (accepted through the reserve fd).
+    pub accept_refused: AtomicU64,
+    /// Held open so that, when descriptors run out, one can be freed to accept and refuse.
+    reserve_fd: Mutex<Option<File>>,
+    listeners: Mutex<Vec<Arc<ListenerInfo>>>,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, slots: Arc<SlotPool>, data_path: DataPath) -> Arc<Self> {
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry: Arc::new(Registry::default()),
+            slots,
+            data_path,
+            accept_refused: AtomicU64::new(0),
+            reserve_fd: Mutex::new(File::open("/dev/null").ok()),
+            listeners: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub fn moratorium(&self) -> u32 {
+        self.runtime.load().config.moratorium
+    }
+
+    pub fn listeners(&self) -> Vec<Arc<ListenerInfo>> {
+        lock(&self.listeners).clone()
+    }
+
+    pub fn add_listener(&self, info: Arc<ListenerInfo>) {
+        lock(&self.listeners).push(info);
+    }
+
+    pub fn remove_listener(&self, addr: SocketAddr) {
+        lock(&self.listeners).retain(|l| l.addr != addr);
+    }
+}
+
+/// Refuses a client without data, logging the access line (SPEC.md §5.1).
+fn refuse(rt: &Runtime, rule: usize, listen: SocketAddr, peer: SocketAddr, reason: CloseReason) {
+    rt.rules[rule].counters.refused.fetch_add(1, Relaxed);
+    session::access_log(
+        &rt.config.rules[rule].id,
+        peer,
+        listen,
+        None,
+        None,
+        (0, 0),
+        Instant::now(),
+        reason,
+    );
+}
+
+/// Admission in SPEC order; spawns the session task when granted.
+fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &Arc<ListenerInfo>) {
+    let rt = shared.runtime();
+    // A listener removed by a reload may still hand out a queued client: refuse it.
+    let Some(&(ri, li)) = rt.by_listen.get(&listener.addr) else {
+        return;
+    };
+    let rule = &rt.config.rules[ri];
+    let _ = client.set_nodelay(true);
+    let weight = if rule.is_admin() { 1 } else { 2 };
+    let Some(slot) = shared.slots.try_acquire(weight) else {
+        return refuse(&rt, ri, listener.addr, peer, CloseReason::Slots);
+    };
+    let Some(ci) = rule.match_client(peer) else {
+        return refuse(&rt, ri, listener.addr, peer, CloseReason::Filter);
+    };
+    let Ok(client_permit) = rt.rules[ri].clients[ci].try_acquire(peer.ip()) else {
+        return refuse(&rt, ri, listener.addr, peer, CloseReason::ClientLimit);
+    };
+    let admitted = session::Admitted {
+        runtime: rt.clone(),
+        rule: ri,
+        listen: li,
+        listener: listener.clone(),
+        client,
+        peer,
+        slot,
+        client_permit,
+    };
+    if rule.is_admin() {
+        tokio::spawn(admin_conn::run(shared.clone(), admitted));
+    } else {
+        tokio::spawn(session::run(shared.clone(), admitted));
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Out of descriptors: free the reserve, accept one client and close it (refused), take the
+/// reserve back. Returns false if the reserve could not help (back off then).
+async fn refuse_via_reserve(shared: &Shared, listener: &TcpListener) -> bool {
+    let had_reserve = lock(&shared.reserve_fd).take().is_some();
+    let refused = if had_reserve {
+        matches!(
+            tokio::time::timeout(Duration::from_millis(1), listener.accept()).await,
+            Ok(Ok(_))
+        )
+    } else {
+        false
+    };
+    *lock(&shared.reserve_fd) = File::open("/dev/null").ok();
+    if refused {
+        shared.accept_refused.fetch_add(1, Relaxed);
+    }
+    refused
+}
+
+/// Accepts until `stop` flips to true; then the listener is dropped (closed at once).
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    info: Arc<ListenerInfo>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = stop.changed() => continue,
+            r = listener.accept() => match r {
+                Ok((client, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    admit(&shared, client, peer, &info);
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
+                    if !refuse_via_reserve(&shared, &listener).await {
+                        // Never spin: wait a little longer each time nothing could be done.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+                // ECONNABORTED and friends concern one client only.
+                Err(e) => tracing::debug!("accept on {}: {e}", info.addr),
+            }
+        }
+    }
+    shared.remove_listener(info.addr);
+}

@@ -1,0 +1,407 @@
+//! Relaying bytes between a client and its server in user space (SPEC.md §5.5): `copy`
+//! (read/write through a pooled buffer) and `splice` (splice(2) through a pooled pipe). Idle
+//! sessions hold neither a buffer nor a pipe: both are taken only while data is in flight.
+//!
+//! Each direction is a pump with explicit state (see LIFECYCLE.md): it moves bytes until EOF,
+//! then shuts down the write side of the other socket (half-close) and ends; the other
+//! direction flows on. A reset or error on either socket ends both pumps and resets the other
+//! socket. The idle timer runs across both directions.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::pool;
+use crate::runtime::{RuleRuntime, ServerRuntime};
+
+/// The user-space data paths; `sockmap` sessions fall back to one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    Copy,
+    Splice,
+    Sockmap,
+}
+
+impl DataPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPath::Copy => "copy",
+            DataPath::Splice => "splice",
+            DataPath::Sockmap => "sockmap",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// Why a session ended (the access log's `close=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClose,
+    ServerClose,
+    ClientReset,
+    ServerReset,
+    IdleTimeout,
+    ConnectFailed,
+    NoServer,
+    Filter,
+    ClientLimit,
+    Slots,
+    Shutdown,
+    Error,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::ServerClose => "server_close",
+            CloseReason::ClientReset => "client_reset",
+            CloseReason::ServerReset => "server_reset",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::NoServer => "no_server",
+            CloseReason::Filter => "filter",
+            CloseReason::ClientLimit => "client_limit",
+            CloseReason::Slots => "slots",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// Live per-session state shared with `show sessions` and the access log.
+#[derive(Debug)]
+pub struct Traffic {
+    pub start: Instant,
+    /// Milliseconds after `start` of the last byte moved in either direction.
+    last_ms: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub client_eof: AtomicBool,
+    pub server_eof: AtomicBool,
+    /// Which side's EOF came first (`client_close` or `server_close`).
+    first_eof_client: AtomicBool,
+    any_eof: AtomicBool,
+}
+
+impl Traffic {
+    pub fn new(start: Instant) -> Self {
+        Traffic {
+            start,
+            last_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            client_eof: AtomicBool::new(false),
+            server_eof: AtomicBool::new(false),
+            first_eof_client: AtomicBool::new(false),
+            any_eof: AtomicBool::new(false),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Restart the idle clock (the idle timeout starts when the server connection is made).
+    pub fn idle_ms(&self) -> u64 {
+        (self.start.elapsed().as_millis() as u64).saturating_sub(self.last_ms.load(Relaxed))
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Relaxed))
+    }
+
+    fn mark_eof(&self, side: Side) {
+        match side {
+            Side::Client => self.client_eof.store(true, Relaxed),
+            Side::Server => self.server_eof.store(true, Relaxed),
+        }
+        if !self.any_eof.swap(true, Relaxed) {
+            self.first_eof_client.store(side == Side::Client, Relaxed);
+        }
+    }
+
+    fn first_close(&self) -> CloseReason {
+        if self.first_eof_client.load(Relaxed) {
+            CloseReason::ClientClose
+        } else {
+            CloseReason::ServerClose
+        }
+    }
+}
+
+/// Response-time sampling (SPEC.md §6 RT): from the first client bytes of a turn written to the
+/// server to the next server bytes.
+struct RtProbe {
+    turn_open: AtomicBool,
+    /// Microseconds after session start when the turn's first bytes were written; 0 = none.
+    pending_us: AtomicU64,
+}
+
+/// Everything a pump updates besides the bytes themselves.
+pub struct SessionMeters<'a> {
+    pub traffic: &'a Traffic,
+    pub rule: &'a RuleRuntime,
+    pub server: &'a Arc<ServerRuntime>,
+}
+
+struct Pump<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    /// The side `from` belongs to.
+    side: Side,
+    meters: &'a SessionMeters<'a>,
+    rt: &'a RtProbe,
+}
+
+/// How a pump failed, naming the socket at fault.
+#[derive(Debug)]
+enum PumpError {
+    Reset(Side),
+    Local(io::Error),
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Server,
+        Side::Server => Side::Client,
+    }
+}
+
+impl Pump<'_> {
+    /// Any read error is the reading socket's (reset, timeout): reset the other one.
+    fn read_error(&self, _e: io::Error) -> PumpError {
+        PumpError::Reset(self.side)
+    }
+
+    /// A write error means the receiving socket is gone (EPIPE, ECONNRESET).
+    fn write_error(&self, _e: io::Error) -> PumpError {
+        PumpError::Reset(other(self.side))
+    }
+
+    /// Bytes written to the other side: counters, activity and RT.
+    fn delivered(&self, n: usize) {
+        let m = self.meters;
+        m.traffic.touch();
+        let n = n as u64;
+        match self.side {
+            Side::Client => {
+                m.traffic.bytes_in.fetch_add(n, Relaxed);
+                m.rule.counters.bytes_in.fetch_add(n, Relaxed);
+                m.server.bytes_in.fetch_add(n, Relaxed);
+                if self.rt.turn_open.swap(false, Relaxed) {
+                    let now = m.traffic.start.elapsed().as_micros() as u64;
+                    self.rt.pending_us.store(now.max(1), Relaxed);
+                }
+            }
+            Side::Server => {
+                m.traffic.bytes_out.fetch_add(n, Relaxed);
+                m.rule.counters.bytes_out.fetch_add(n, Relaxed);
+                m.server.bytes_out.fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// Bytes arrived from the server: closes an RT turn.
+    fn server_bytes_arrived(&self) {
+        if self.side != Side::Server {
+            return;
+        }
+        let pending = self.rt.pending_us.swap(0, Relaxed);
+        if pending != 0 {
+            let now = self.meters.traffic.start.elapsed().as_micros() as u64;
+            self.meters
+                .server
+                .record_rt_sample(now.saturating_sub(pending));
+        }
+        self.rt.turn_open.store(true, Relaxed);
+    }
+
+    /// EOF from `from`: every earlier byte is delivered, so send the FIN on.
+    fn eof(&self) -> Result<(), PumpError> {
+        self.meters.traffic.touch();
+        self.meters.traffic.mark_eof(self.side);
+        match SockRef::from(self.to).shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Ok(()),
+            // The other side is already gone entirely; nothing left to deliver to it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    async fn write_all(&self, mut data: &[u8]) -> Result<(), PumpError> {
+        while !data.is_empty() {
+            match self.to.try_write(data) {
+                Ok(n) => {
+                    self.delivered(n);
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.to.writable().await.map_err(|e| self.write_error(e))?;
+                }
+                Err(e) => return Err(self.write_error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_copy(&self) -> Result<(), PumpError> {
+        loop {
+            self.from.readable().await.map_err(|e| self.read_error(e))?;
+            let mut buf = pool::take_buffer();
+            let result = self.from.try_read(&mut buf);
+            match result {
+                Ok(0) => {
+                    pool::give_buffer(buf);
+                    return self.eof();
+                }
+                Ok(n) => {
+                    self.server_bytes_arrived();
+                    let written = self.write_all(&buf[..n]).await;
+                    pool::give_buffer(buf);
+                    written?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => pool::give_buffer(buf),
+                Err(e) => {
+                    pool::give_buffer(buf);
+                    return Err(self.read_error(e));
+                }
+            }
+        }
+    }
+
+    async fn run_splice(&self) -> Result<(), PumpError> {
+        let from_fd = self.from.as_raw_fd();
+        let to_fd = self.to.as_raw_fd();
+        loop {
+            self.from.readable().await.map_err(|e| self.read_error(e))?;
+            let pipe = pool::take_pipe().map_err(PumpError::Local)?;
+            let filled = self.from.try_io(Interest::READABLE, || {
+                pool::splice(from_fd, pipe.write_fd(), pool::PIPE_CAPACITY)
+            });
+            let mut in_pipe = match filled {
+                Ok(0) => {
+                    pool::give_pipe(pipe);
+                    return self.eof();
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pool::give_pipe(pipe);
+                    continue;
+                }
+                Err(e) => {
+                    pool::give_pipe(pipe);
+                    return Err(self.read_error(e));
+                }
+            };
+            self.server_bytes_arrived();
+            while in_pipe > 0 {
+                let drained = self.to.try_io(Interest::WRITABLE, || {
+                    pool::splice(pipe.read_fd(), to_fd, in_pipe)
+                });
+                match drained {
+                    Ok(n) => {
+                        self.delivered(n);
+                        in_pipe -= n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.to.writable().await.map_err(|e| self.write_error(e))?;
+                    }
+                    // The pipe still holds bytes: drop it rather than return it to the pool.
+                    Err(e) => return Err(self.write_error(e)),
+                }
+            }
+            pool::give_pipe(pipe);
+        }
+    }
+
+    async fn run(&self, path: DataPath) -> Result<(), PumpError> {
+        match path {
+            DataPath::Splice => self.run_splice().await,
+            DataPath::Copy | DataPath::Sockmap => self.run_copy().await,
+        }
+    }
+}
+
+/// Completes when the session has been idle (no byte either way) for `idle`.
+async fn idle_expired(traffic: &Traffic, idle: Duration) {
+    loop {
+        let deadline = traffic.last_activity() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+fn reset(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Relays until both directions are done, a reset, or the idle timeout; `idle` zero = none.
+/// Both sockets are closed when this returns (they are dropped by the caller).
+pub async fn relay(
+    path: DataPath,
+    client: &TcpStream,
+    server: &TcpStream,
+    meters: &SessionMeters<'_>,
+    idle: Duration,
+) -> CloseReason {
+    let rt = RtProbe {
+        turn_open: AtomicBool::new(true),
+        pending_us: AtomicU64::new(0),
+    };
+    let up = Pump {
+        from: client,
+        to: server,
+        side: Side::Client,
+        meters,
+        rt: &rt,
+    };
+    let down = Pump {
+        from: server,
+        to: client,
+        side: Side::Server,
+        meters,
+        rt: &rt,
+    };
+    meters.traffic.touch();
+    let both = async { tokio::try_join!(up.run(path), down.run(path)) };
+    let outcome = if idle.is_zero() {
+        both.await
+    } else {
+        tokio::select! {
+            r = both => r,
+            _ = idle_expired(meters.traffic, idle) => return CloseReason::IdleTimeout,
+        }
+    };
+    match outcome {
+        Ok(_) => meters.traffic.first_close(),
+        Err(PumpError::Reset(Side::Client)) => {
+            reset(server);
+            CloseReason::ClientReset
+        }
+        Err(PumpError::Reset(Side::Server)) => {
+            reset(client);
+            CloseReason::ServerReset
+        }
+        Err(PumpError::Local(e)) => {
+            tracing::error!("relay: local failure: {e}");
+            reset(client);
+            reset(server);
+            CloseReason::Error
+        }
+    }
+}

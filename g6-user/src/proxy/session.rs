@@ -1,0 +1,183 @@
+//! One proxied client (SPEC.md §5.3–§5.5): select a server with fail-over, connect, relay,
+//! log one access line. See LIFECYCLE.md for the states.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::connect::{self, ConnectError};
+use super::registry::{Entry, ListenerInfo, ProxyInfo};
+use super::relay::{self, CloseReason, DataPath, SessionMeters};
+use crate::isolation::Now;
+use crate::limits::{Permit, SlotPermit};
+use crate::runtime::{Chosen, Runtime, lock};
+
+/// Admission already granted for this client: its slot and client-entry permits.
+pub struct Admitted {
+    pub runtime: Arc<Runtime>,
+    pub rule: usize,
+    pub listen: usize,
+    pub listener: Arc<ListenerInfo>,
+    pub client: TcpStream,
+    pub peer: SocketAddr,
+    pub slot: SlotPermit,
+    pub client_permit: Permit,
+}
+
+/// The access line of SPEC.md §10, for every client connection including refusals.
+#[allow(clippy::too_many_arguments)]
+pub fn access_log(
+    rule_id: &str,
+    client: SocketAddr,
+    listen: SocketAddr,
+    server: Option<SocketAddr>,
+    path: Option<DataPath>,
+    bytes: (u64, u64),
+    start: Instant,
+    close: CloseReason,
+) {
+    let server = server.map_or_else(|| "-".to_string(), |s| s.to_string());
+    tracing::info!(
+        "session rule={rule_id} client={client} listen={listen} server={server} path={} \
+         bytes_in={} bytes_out={} duration_ms={} close={}",
+        path.map_or("-", DataPath::as_str),
+        bytes.0,
+        bytes.1,
+        start.elapsed().as_millis(),
+        close.as_str()
+    );
+}
+
+/// Completes if the client resets while we connect for it (a FIN or early data is fine:
+/// the request may be complete already, or the server may speak first).
+async fn client_reset(client: &TcpStream) {
+    loop {
+        match client.ready(Interest::READABLE).await {
+            Ok(r) if r.is_error() => return,
+            Ok(r) if r.is_read_closed() => {
+                let mut b = [0u8; 1];
+                match client.peek(&mut b).await {
+                    Err(_) => return,
+                    Ok(_) => return std::future::pending().await,
+                }
+            }
+            Ok(_) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
+}
+
+enum Attempt {
+    Connected(TcpStream, Chosen),
+    Failed(CloseReason),
+}
+
+async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> Attempt {
+    let rule = &a.runtime.config.rules[a.rule];
+    let rr = &a.runtime.rules[a.rule];
+    let listen = &rule.listens[a.listen];
+    let mut tried = vec![false; rr.servers.len()];
+    loop {
+        let Some(chosen) = rr.choose(a.peer.ip(), &tried, Now::now()) else {
+            let reason = if tried.iter().any(|t| *t) {
+                CloseReason::ConnectFailed
+            } else {
+                CloseReason::NoServer
+            };
+            return Attempt::Failed(reason);
+        };
+        tried[chosen.index] = true;
+        let server = chosen.server.clone();
+        let addr = server.entry.addr;
+        let result = match connect::new_socket(addr) {
+            Err(e) => Err(e),
+            Ok(socket) => {
+                *lock(&info.server) = Some((addr, socket.as_raw_fd()));
+                let timeout = Duration::from_secs(server.entry.connect_timeout_via(listen).into());
+                tokio::select! {
+                    r = connect::connect(socket, addr, timeout) => r,
+                    _ = client_reset(&a.client) => return Attempt::Failed(CloseReason::ClientReset),
+                }
+            }
+        };
+        match result {
+            Ok(stream) => return Attempt::Connected(stream, chosen),
+            Err(e @ ConnectError::Local(_)) => {
+                tracing::error!(
+                    "rule {}: local failure connecting to {}: {e}",
+                    rule.id,
+                    server.text
+                );
+            }
+            Err(e) => {
+                server.failures.fetch_add(1, Relaxed);
+                let now = Now::now();
+                let mut iso = lock(&server.isolation);
+                iso.server_failure(shared.moratorium(), now);
+                tracing::warn!(
+                    "rule {}: server {} failed: {e}; now {}",
+                    rule.id,
+                    server.text,
+                    iso.state_name(now)
+                );
+            }
+        }
+        drop(chosen);
+        *lock(&info.server) = None;
+    }
+}
+
+/// Serves one admitted client to the end and logs its access line.
+pub async fn run(shared: Arc<Shared>, a: Admitted) {
+    let rule = &a.runtime.config.rules[a.rule];
+    let rr = &a.runtime.rules[a.rule];
+    let client_fd = a.client.as_raw_fd();
+    let info = Arc::new(ProxyInfo::new(a.listener.clone(), a.peer, client_fd));
+    let _registration = shared.registry.register(Entry::Proxy(info.clone()));
+    rr.counters.active.fetch_add(1, Relaxed);
+    rr.counters.total.fetch_add(1, Relaxed);
+    let start = info.traffic.start;
+
+    let (reason, server_addr, path) = match select_and_connect(&shared, &a, &info).await {
+        Attempt::Failed(reason) => {
+            rr.counters.refused.fetch_add(1, Relaxed);
+            (reason, None, None)
+        }
+        Attempt::Connected(server_stream, chosen) => {
+            let path = shared.data_path;
+            chosen.server.total.fetch_add(1, Relaxed);
+            *lock(&info.server) = Some((chosen.server.entry.addr, server_stream.as_raw_fd()));
+            info.set_path(path);
+            info.connected.store(true, Relaxed);
+            let idle = Duration::from_secs(rule.listens[a.listen].timeout.into());
+            let meters = SessionMeters {
+                traffic: &info.traffic,
+                rule: rr,
+                server: &chosen.server,
+            };
+            let reason = relay::relay(path, &a.client, &server_stream, &meters, idle).await;
+            drop(server_stream);
+            (reason, Some(chosen.server.entry.addr), Some(path))
+        }
+    };
+    rr.counters.active.fetch_sub(1, Relaxed);
+    access_log(
+        &rule.id,
+        a.peer,
+        a.listener.addr,
+        server_addr,
+        path,
+        (
+            info.traffic.bytes_in.load(Relaxed),
+            info.traffic.bytes_out.load(Relaxed),
+        ),
+        start,
+        reason,
+    );
+}
