@@ -112,7 +112,10 @@ fn choose_data_path(choice: DataPathChoice) -> DataPath {
         match selftest::check(*path) {
             Ok(()) => {
                 if i > 0 && choice != DataPathChoice::Auto {
-                    tracing::warn!("data path {} in use instead of the requested one", path.as_str());
+                    tracing::warn!(
+                        "data path {} in use instead of the requested one",
+                        path.as_str()
+                    );
                 }
                 return *path;
             }
@@ -211,7 +214,10 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
     }
     let threads = opts.threads.unwrap_or_else(default_threads);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(threads).enable_all().thread_name("g6-relay");
+    builder
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name("g6-relay");
     if opts.set_cpu_affinity {
         let next = Arc::new(AtomicUsize::new(0));
         builder.on_thread_start(move || {

@@ -78,10 +78,7 @@ fn unterminated_rule_reports_end_of_file() {
 
 #[test]
 fn duplicates_name_the_first_occurrence() {
-    let (_dir, path) = write_conf(
-        "d.conf",
-        b"a G - 127.0.0.1:80 ;\nb G - ;\n  a G - ;\n",
-    );
+    let (_dir, path) = write_conf("d.conf", b"a G - 127.0.0.1:80 ;\nb G - ;\n  a G - ;\n");
     assert_eq!(
         load_err(&path).to_string(),
         format!(

@@ -97,10 +97,7 @@ pub enum ErrorKind {
     #[error("wildcards not allowed in a {list} address '{token}'")]
     WildcardInAddress { list: AddrList, token: String },
     #[error("invalid client pattern '{token}' ({reason})")]
-    InvalidClientPattern {
-        token: String,
-        reason: &'static str,
-    },
+    InvalidClientPattern { token: String, reason: &'static str },
 }
 
 /// The token a diagnostic reports: quoted text, or the end of the input.
@@ -235,7 +232,10 @@ mod tests {
             e.to_string(),
             "x.conf: error: cannot open: No such file or directory (os error 2)"
         );
-        assert_eq!((e.pos(), e.line(), e.col(), e.kind()), (None, None, None, None));
+        assert_eq!(
+            (e.pos(), e.line(), e.col(), e.kind()),
+            (None, None, None, None)
+        );
     }
 
     #[test]

@@ -108,7 +108,13 @@ impl<'a> Lexer<'a> {
                         None => return Err((self.pos(), ErrorKind::UnterminatedComment)),
                     }
                 }
-                None => start + rest.iter().position(|&b| !is_space(b)).unwrap_or(rest.len()),
+                None => {
+                    start
+                        + rest
+                            .iter()
+                            .position(|&b| !is_space(b))
+                            .unwrap_or(rest.len())
+                }
             };
             if to == start {
                 return Ok(());

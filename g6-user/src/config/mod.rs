@@ -109,7 +109,11 @@ mod tests {
             check_summary("x.conf", &cfg),
             "x.conf: ok, 3 rules, 3 listen addresses, 2 server entries"
         );
-        let w: Vec<_> = cfg.warnings.iter().map(|w| format_warning("x.conf", w)).collect();
+        let w: Vec<_> = cfg
+            .warnings
+            .iter()
+            .map(|w| format_warning("x.conf", w))
+            .collect();
         assert_eq!(
             w,
             [
@@ -178,9 +182,15 @@ mod tests {
     fn attr(names: &'static [&'static str]) -> impl Strategy<Value = GenAttr> {
         (prop::sample::select(names), 0u32..4000, 0usize..7).prop_map(|(name, n, s)| {
             let (suffixes, mults): (&[&str], &[u32]) = if TIME.contains(&name) {
-                (&["", "s", "S", "m", "M", "h", "H"], &[1, 1, 1, 60, 60, 3600, 3600])
+                (
+                    &["", "s", "S", "m", "M", "h", "H"],
+                    &[1, 1, 1, 60, 60, 3600, 3600],
+                )
             } else {
-                (&["", "k", "K", "m", "M"], &[1, 1000, 1000, 1_000_000, 1_000_000])
+                (
+                    &["", "k", "K", "m", "M"],
+                    &[1, 1000, 1000, 1_000_000, 1_000_000],
+                )
             };
             let s = s % suffixes.len();
             GenAttr {
@@ -259,8 +269,10 @@ mod tests {
     }
 
     fn rule() -> impl Strategy<Value = GenRule> {
-        let listen = any::<bool>().prop_map(|v6| (String::new(), (String::new(), String::new()), v6));
-        let server = socket_addr().prop_map(|a| (a.to_string(), (String::new(), String::new()), false));
+        let listen =
+            any::<bool>().prop_map(|v6| (String::new(), (String::new(), String::new()), v6));
+        let server =
+            socket_addr().prop_map(|a| (a.to_string(), (String::new(), String::new()), false));
         (
             prop::sample::select(&["G", "MS", "RR", "LC", "RT", "RD", "HS"][..]),
             any::<bool>(),
@@ -296,7 +308,16 @@ mod tests {
         prev_punct: bool,
     }
 
-    const SEPS: &[&str] = &[" ", "\n", "\t", "  ", " /* c ; */ ", "/*c*/", "//c ( x\n", "\r\n"];
+    const SEPS: &[&str] = &[
+        " ",
+        "\n",
+        "\t",
+        "  ",
+        " /* c ; */ ",
+        "/*c*/",
+        "//c ( x\n",
+        "\r\n",
+    ];
 
     impl Writer {
         fn raw(&mut self, s: &str) {
@@ -353,8 +374,7 @@ mod tests {
         blocks
             .iter()
             .flat_map(|(attrs, _)| attrs)
-            .filter(|a| a.name == name)
-            .next_back()
+            .rfind(|a| a.name == name)
             .map(|a| a.value)
     }
 
@@ -484,12 +504,23 @@ mod tests {
         cfg.rules
             .iter()
             .map(|r| {
-                let clients: String = r.clients.iter().map(|c| format!("{} ", c.pattern.text)).collect();
+                let clients: String = r
+                    .clients
+                    .iter()
+                    .map(|c| format!("{} ", c.pattern.text))
+                    .collect();
                 let listens: String = r.listens.iter().map(|l| format!("{} ", l.addr)).collect();
                 let servers: String = r
                     .servers
                     .iter()
-                    .map(|s| format!("{}({}|{}|0) ", s.addr, s.heartbeat, u8::from(s.heartbeat > 0)))
+                    .map(|s| {
+                        format!(
+                            "{}({}|{}|0) ",
+                            s.addr,
+                            s.heartbeat,
+                            u8::from(s.heartbeat > 0)
+                        )
+                    })
                     .collect();
                 let gt = if r.servers.is_empty() { "" } else { "> " };
                 format!("{} | {} | {clients}- {listens}{gt}{servers}\n", r.id, r.alg)

@@ -120,7 +120,9 @@ impl Attrs {
             heartbeat: self.heartbeat.or(fallback.heartbeat),
             max_connections: self.max_connections.or(fallback.max_connections),
             max_ip: self.max_ip.or(fallback.max_ip),
-            max_connections_per_ip: self.max_connections_per_ip.or(fallback.max_connections_per_ip),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(fallback.max_connections_per_ip),
         }
     }
 
@@ -345,7 +347,10 @@ impl<'a> Parser<'a> {
             let addr = parse_socket_addr(t.text, AddrList::Listen)?;
             if let Some(&first) = p.listens.get(&addr) {
                 let addr = addr.to_string();
-                return Err(AddrError::Invalid(ErrorKind::DuplicateListen { addr, first }));
+                return Err(AddrError::Invalid(ErrorKind::DuplicateListen {
+                    addr,
+                    first,
+                }));
             }
             p.listens.insert(addr, t.pos);
             Ok(addr)
@@ -360,50 +365,14 @@ impl<'a> Parser<'a> {
                 |t| t.kind == TokKind::Semi,
                 |_, t| parse_socket_addr(t.text, AddrList::Server),
             )?;
-            list.items
-                .into_iter()
-                .map(|it| {
-                    // Servers inherit from their list only: global max_* are client limits.
-                    let a = it.attrs.or(list.default);
-                    ServerEntry {
-                        addr: it.value,
-                        heartbeat: a.heartbeat.unwrap_or(0),
-                        limits: a.limits(),
-                        connect_timeout: a.connect_timeout,
-                        pos: it.pos,
-                    }
-                })
-                .collect()
+            server_entries(list)
         };
-
-        let clients: Vec<ClientEntry> = clients
-            .items
-            .into_iter()
-            .map(|it| ClientEntry {
-                limits: it.attrs.or(clients.default).or(global).limits(),
-                pattern: it.value,
-                pos: it.pos,
-            })
-            .collect();
-        let listens = listens
-            .items
-            .into_iter()
-            .map(|it| {
-                let a = it.attrs.or(listens.default).or(global);
-                ListenEntry {
-                    addr: it.value,
-                    timeout: a.timeout.unwrap_or(0),
-                    connect_timeout: a.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
-                    pos: it.pos,
-                }
-            })
-            .collect();
 
         let rule = Rule {
             id,
             alg,
-            clients,
-            listens,
+            clients: client_entries(clients, global),
+            listens: listen_entries(listens, global),
             servers,
             pos: id_tok.pos,
         };
@@ -430,6 +399,53 @@ impl<'a> Parser<'a> {
             warn("servers");
         }
     }
+}
+
+// Inheritance (SPEC.md §4.4): own blocks → list default → (clients, listens) the global values
+// in force at the rule → the built-in default.
+
+fn client_entries(list: List<'_, ClientPattern>, global: Attrs) -> Vec<ClientEntry> {
+    list.items
+        .into_iter()
+        .map(|it| ClientEntry {
+            limits: it.attrs.or(list.default).or(global).limits(),
+            pattern: it.value,
+            pos: it.pos,
+        })
+        .collect()
+}
+
+fn listen_entries(list: List<'_, SocketAddr>, global: Attrs) -> Vec<ListenEntry> {
+    list.items
+        .into_iter()
+        .map(|it| {
+            let a = it.attrs.or(list.default).or(global);
+            ListenEntry {
+                addr: it.value,
+                timeout: a.timeout.unwrap_or(0),
+                connect_timeout: a.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
+                pos: it.pos,
+            }
+        })
+        .collect()
+}
+
+/// Servers inherit from their list only: global `max_*` are client limits, and a server
+/// without a connect timeout of its own uses the listener's.
+fn server_entries(list: List<'_, SocketAddr>) -> Vec<ServerEntry> {
+    list.items
+        .into_iter()
+        .map(|it| {
+            let a = it.attrs.or(list.default);
+            ServerEntry {
+                addr: it.value,
+                heartbeat: a.heartbeat.unwrap_or(0),
+                limits: a.limits(),
+                connect_timeout: a.connect_timeout,
+                pos: it.pos,
+            }
+        })
+        .collect()
 }
 
 /// An attribute value: digits and an optional unit suffix (SPEC.md §4.4 "Values").
@@ -511,6 +527,12 @@ fn has_wildcard(text: &[u8]) -> bool {
     text.iter().any(|&b| b == b'*' || b == b'?')
 }
 
+/// Splits `X:Y` at the first colon.
+fn split_colon(text: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = text.iter().position(|&b| b == b':')?;
+    Some((&text[..colon], &text[colon + 1..]))
+}
+
 /// Splits `[X]:Y` into `(X, Y)`.
 fn split_bracketed(text: &[u8]) -> Option<(&[u8], &[u8])> {
     let inner = text.strip_prefix(b"[")?;
@@ -518,9 +540,25 @@ fn split_bracketed(text: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&inner[..close], &inner[close + 2..]))
 }
 
+impl AddrError {
+    fn ipv4(ip: &[u8]) -> Self {
+        Self::Invalid(ErrorKind::InvalidIpv4 { ip: show_token(ip) })
+    }
+
+    fn ipv6(ip: &[u8]) -> Self {
+        Self::Invalid(ErrorKind::InvalidIpv6 { ip: show_token(ip) })
+    }
+
+    fn port(port: &[u8]) -> Self {
+        Self::Invalid(ErrorKind::InvalidPort {
+            port: show_token(port),
+        })
+    }
+}
+
 /// `LISTEN = SERVER = IPV4 ":" PORT | "[" IPV6 "]:" PORT`
 fn parse_socket_addr(text: &[u8], list: AddrList) -> Result<SocketAddr, AddrError> {
-    let invalid_addr = |reason| {
+    let invalid = |reason| {
         AddrError::Invalid(ErrorKind::InvalidAddress {
             list,
             token: show_token(text),
@@ -537,27 +575,22 @@ fn parse_socket_addr(text: &[u8], list: AddrList) -> Result<SocketAddr, AddrErro
         }));
     }
     let (ip, port) = if text.starts_with(b"[") {
-        let (ip, port) = split_bracketed(text).ok_or_else(|| invalid_addr("expected [IPV6]:PORT"))?;
-        let ip = parse_ipv6(ip).ok_or_else(|| {
-            AddrError::Invalid(ErrorKind::InvalidIpv6 { ip: show_token(ip) })
-        })?;
-        (IpAddr::V6(ip), port)
+        let (ip, port) = split_bracketed(text).ok_or_else(|| invalid("expected [IPV6]:PORT"))?;
+        (
+            IpAddr::V6(parse_ipv6(ip).ok_or_else(|| AddrError::ipv6(ip))?),
+            port,
+        )
     } else {
-        let colon = text.iter().position(|&b| b == b':').unwrap_or(text.len());
-        let (ip, port) = (&text[..colon], &text[colon + 1..]);
+        let (ip, port) = split_colon(text).ok_or(AddrError::NotAddress)?;
         if port.contains(&b':') {
-            return Err(invalid_addr("IPv6 must be written [IPV6]:PORT"));
+            return Err(invalid("IPv6 must be written [IPV6]:PORT"));
         }
-        let ip = parse_ipv4(ip).ok_or_else(|| {
-            AddrError::Invalid(ErrorKind::InvalidIpv4 { ip: show_token(ip) })
-        })?;
-        (IpAddr::V4(ip), port)
+        (
+            IpAddr::V4(parse_ipv4(ip).ok_or_else(|| AddrError::ipv4(ip))?),
+            port,
+        )
     };
-    let port = parse_port(port).ok_or_else(|| {
-        AddrError::Invalid(ErrorKind::InvalidPort {
-            port: show_token(port),
-        })
-    })?;
+    let port = parse_port(port).ok_or_else(|| AddrError::port(port))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -578,51 +611,30 @@ fn parse_client_pattern(text: &[u8]) -> Result<ClientPattern, AddrError> {
     let (ip, port) = if v6 {
         split_bracketed(text).ok_or_else(|| bad("expected [IP6PAT]:PORTPAT"))?
     } else {
-        let colon = text.iter().position(|&b| b == b':').unwrap_or(text.len());
-        let (ip, port) = (&text[..colon], &text[colon + 1..]);
+        let (ip, port) = split_colon(text).ok_or(AddrError::NotAddress)?;
         if port.contains(&b':') {
             return Err(bad("IPv6 patterns must be written [IP6PAT]:PORTPAT"));
         }
         (ip, port)
     };
-    if ip.is_empty() {
-        return Err(bad("empty IP part"));
-    }
-    if port.is_empty() {
-        return Err(bad("empty port part"));
-    }
-    let wild = |b: u8| b == b'*' || b == b'?';
-    if v6 {
-        if !ip.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.' || wild(b)) {
-            return Err(bad("IPv6 part allows only hex digits and : . * ?"));
-        }
-    } else if !ip.iter().all(|&b| b.is_ascii_digit() || b == b'.' || wild(b)) {
-        return Err(bad("IP part allows only 0-9 . * ?"));
-    }
-    if !port.iter().all(|&b| b.is_ascii_digit() || wild(b)) {
-        return Err(bad("port part allows only 0-9 * ?"));
-    }
+    check_pattern_chars(ip, port, v6).map_err(bad)?;
 
     let ip_glob = match (has_wildcard(ip), v6) {
         // Client text is RFC 5952 lowercase; hex digits in a pattern match either case.
         (true, true) => String::from_utf8_lossy(ip).to_ascii_lowercase(),
         (true, false) => String::from_utf8_lossy(ip).into_owned(),
         (false, true) => parse_ipv6(ip)
-            .ok_or_else(|| AddrError::Invalid(ErrorKind::InvalidIpv6 { ip: show_token(ip) }))?
+            .ok_or_else(|| AddrError::ipv6(ip))?
             .to_string(),
         (false, false) => parse_ipv4(ip)
-            .ok_or_else(|| AddrError::Invalid(ErrorKind::InvalidIpv4 { ip: show_token(ip) }))?
+            .ok_or_else(|| AddrError::ipv4(ip))?
             .to_string(),
     };
     let port_glob = if has_wildcard(port) {
         String::from_utf8_lossy(port).into_owned()
     } else {
         parse_port(port)
-            .ok_or_else(|| {
-                AddrError::Invalid(ErrorKind::InvalidPort {
-                    port: show_token(port),
-                })
-            })?
+            .ok_or_else(|| AddrError::port(port))?
             .to_string()
     };
     Ok(ClientPattern {
@@ -630,6 +642,32 @@ fn parse_client_pattern(text: &[u8]) -> Result<ClientPattern, AddrError> {
         ip: ip_glob,
         port: port_glob,
     })
+}
+
+/// The character sets of SPEC.md §4.3; `Err` says what is wrong.
+fn check_pattern_chars(ip: &[u8], port: &[u8], v6: bool) -> Result<(), &'static str> {
+    let wild = |b: u8| b == b'*' || b == b'?';
+    if ip.is_empty() {
+        return Err("empty IP part");
+    }
+    if port.is_empty() {
+        return Err("empty port part");
+    }
+    if v6 {
+        let ok = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.' || wild(b);
+        if !ip.iter().all(|&b| ok(b)) {
+            return Err("IPv6 part allows only hex digits and : . * ?");
+        }
+    } else if !ip
+        .iter()
+        .all(|&b| b.is_ascii_digit() || b == b'.' || wild(b))
+    {
+        return Err("IP part allows only 0-9 . * ?");
+    }
+    if !port.iter().all(|&b| b.is_ascii_digit() || wild(b)) {
+        return Err("port part allows only 0-9 * ?");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -644,7 +682,10 @@ mod tests {
 
     fn err(src: &[u8]) -> ConfigError {
         match parse_labeled("t.conf", src) {
-            Ok(c) => panic!("{:?} should be rejected, parsed {c:?}", String::from_utf8_lossy(src)),
+            Ok(c) => panic!(
+                "{:?} should be rejected, parsed {c:?}",
+                String::from_utf8_lossy(src)
+            ),
             Err(e) => e,
         }
     }
@@ -665,6 +706,7 @@ mod tests {
             "t.conf:1:3: error: token longer than 64 bytes '{}'",
             "a".repeat(64)
         );
+        #[rustfmt::skip]
         let cases: &[(&str, &str)] = &[
             // Lexical.
             ("x G - ; /* x", "1:9: error: unterminated comment (no closing '*/')"),
@@ -844,7 +886,10 @@ mod tests {
         let algs: Vec<_> = c.rules.iter().map(|r| r.alg.as_str()).collect();
         assert_eq!(algs, ["G", "MS", "RR", "LC", "RT", "RD", "HS", "G", "G"]);
         let ids: Vec<_> = c.rules.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["admin", "r1", "r2", "r3", "r4", "r5", "r6", "g2", "g3"]);
+        assert_eq!(
+            ids,
+            ["admin", "r1", "r2", "r3", "r4", "r5", "r6", "g2", "g3"]
+        );
         // An address may repeat within a server list: separate entries.
         assert_eq!(c.rules[1].servers.len(), 2);
         assert_eq!(c.rules[7].servers[0].addr, "10.0.0.9:1".parse().unwrap());
@@ -852,15 +897,25 @@ mod tests {
         assert_eq!(c.rules[1].listens[0].pos, Pos { line: 5, col: 25 });
         // A G rule's clients, listens and positions.
         assert_eq!(c.rules[0].clients[0].pattern.text, "127.0.0.1:*");
-        assert_eq!(c.rules[0].listens[0].addr, "127.0.0.1:8600".parse().unwrap());
+        assert_eq!(
+            c.rules[0].listens[0].addr,
+            "127.0.0.1:8600".parse().unwrap()
+        );
         assert_eq!(c.listen_count(), 8);
         // Only r3 (a non-G rule without servers) and g3 (no clients) warn.
-        let w: Vec<_> = c.warnings.iter().map(|w| (w.pos.line, w.message.as_str())).collect();
+        let w: Vec<_> = c
+            .warnings
+            .iter()
+            .map(|w| (w.pos.line, w.message.as_str()))
+            .collect();
         assert_eq!(
             w,
             [
                 (7, "rule 'r3' has no servers: its clients are refused"),
-                (11, "rule 'g3' has no client patterns: its clients are refused"),
+                (
+                    11,
+                    "rule 'g3' has no client patterns: its clients are refused"
+                ),
             ]
         );
     }
@@ -908,7 +963,11 @@ mod tests {
             ("1193046h", 1_193_046 * 3600),
         ];
         for (text, want) in time {
-            assert_eq!(parse_value(Attr::Timeout, text.as_bytes()), Ok(want), "{text}");
+            assert_eq!(
+                parse_value(Attr::Timeout, text.as_bytes()),
+                Ok(want),
+                "{text}"
+            );
         }
         let count = [
             ("0", 0),
@@ -921,13 +980,25 @@ mod tests {
             ("4294967295", u32::MAX),
         ];
         for (text, want) in count {
-            assert_eq!(parse_value(Attr::MaxIp, text.as_bytes()), Ok(want), "{text}");
+            assert_eq!(
+                parse_value(Attr::MaxIp, text.as_bytes()),
+                Ok(want),
+                "{text}"
+            );
         }
         // Units reach the model, in seconds.
-        let c = ok("(moratorium=2m); r RR *:* - 1.1.1.1:1 (timeout=1h, connect_timeout=90s)
-                    > (heartbeat=1M) 2.2.2.2:2 (max_connections=2k) ;");
+        let c = ok(
+            "(moratorium=2m); r RR *:* - 1.1.1.1:1 (timeout=1h, connect_timeout=90s)
+                    > (heartbeat=1M) 2.2.2.2:2 (max_connections=2k) ;",
+        );
         assert_eq!(c.moratorium, 120);
-        assert_eq!((c.rules[0].listens[0].timeout, c.rules[0].listens[0].connect_timeout), (3600, 90));
+        assert_eq!(
+            (
+                c.rules[0].listens[0].timeout,
+                c.rules[0].listens[0].connect_timeout
+            ),
+            (3600, 90)
+        );
         assert_eq!(c.rules[0].servers[0].heartbeat, 60);
         assert_eq!(c.rules[0].servers[0].limits.max_connections, 2000);
     }
@@ -942,7 +1013,8 @@ mod tests {
         // Global max_* never reach servers.
         assert_eq!(c.rules[0].servers[0].limits, Limits::default());
 
-        let c = ok("(max_ip=3); r RR (max_ip=2, max_connections_per_ip=4) *:* *:1 (max_ip=0) - > ;");
+        let c =
+            ok("(max_ip=3); r RR (max_ip=2, max_connections_per_ip=4) *:* *:1 (max_ip=0) - > ;");
         let l: Vec<_> = c.rules[0].clients.iter().map(|c| c.limits).collect();
         assert_eq!(l, [lim(0, 2, 4), lim(0, 0, 4)]);
     }
@@ -971,7 +1043,13 @@ mod tests {
         let got: Vec<_> = c
             .rules
             .iter()
-            .map(|r| (r.listens[0].timeout, r.listens[0].connect_timeout, r.clients[0].limits.max_ip))
+            .map(|r| {
+                (
+                    r.listens[0].timeout,
+                    r.listens[0].connect_timeout,
+                    r.clients[0].limits.max_ip,
+                )
+            })
             .collect();
         // A later global changes only what it sets; the rest stays in force.
         assert_eq!(got, [(0, 5, 0), (9, 8, 4), (3, 8, 4)]);
@@ -997,7 +1075,10 @@ mod tests {
             .flat_map(|r| r.listens.iter().map(|l| (l.timeout, l.connect_timeout)))
             .collect();
         assert_eq!(got, [(10, 7), (0, 0), (10, 60), (0, 7)]);
-        assert_eq!(ok("r G - 1.1.1.1:1 ;").rules[0].listens[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT_SECS);
+        assert_eq!(
+            ok("r G - 1.1.1.1:1 ;").rules[0].listens[0].connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT_SECS
+        );
     }
 
     #[test]
@@ -1012,11 +1093,21 @@ mod tests {
         let got: Vec<_> = c
             .rules
             .iter()
-            .flat_map(|r| r.servers.iter().map(|s| (s.heartbeat, s.limits.max_connections, s.connect_timeout)))
+            .flat_map(|r| {
+                r.servers
+                    .iter()
+                    .map(|s| (s.heartbeat, s.limits.max_connections, s.connect_timeout))
+            })
             .collect();
         assert_eq!(
             got,
-            [(30, 20, None), (0, 100, None), (30, 100, Some(2)), (0, 0, Some(3)), (0, 0, Some(0))]
+            [
+                (30, 20, None),
+                (0, 100, None),
+                (30, 100, Some(2)),
+                (0, 0, Some(3)),
+                (0, 0, Some(0))
+            ]
         );
         // No server-side value: the listener's connect timeout applies.
         let r = &c.rules[0];
@@ -1026,7 +1117,8 @@ mod tests {
 
     #[test]
     fn ipv6_addresses() {
-        let c = ok("r RR [::1]:* - [::]:8080 [2001:DB8:0::1]:80 > [fe80::1]:81 [::ffff:10.0.0.1]:82 ;");
+        let c =
+            ok("r RR [::1]:* - [::]:8080 [2001:DB8:0::1]:80 > [fe80::1]:81 [::ffff:10.0.0.1]:82 ;");
         let r = &c.rules[0];
         assert_eq!(r.listens[0].addr, "[::]:8080".parse().unwrap());
         assert_eq!(r.listens[1].addr.to_string(), "[2001:db8::1]:80");
@@ -1040,7 +1132,16 @@ mod tests {
         let r = &c.rules[0];
         let texts: Vec<_> = r.clients.iter().map(|c| c.pattern.text.as_str()).collect();
         // Kept exactly as written.
-        assert_eq!(texts, ["127.0.0.?:1*", "[FE80::*]:*", "[0:0::1]:80", "10.*:*", "*:*"]);
+        assert_eq!(
+            texts,
+            [
+                "127.0.0.?:1*",
+                "[FE80::*]:*",
+                "[0:0::1]:80",
+                "10.*:*",
+                "*:*"
+            ]
+        );
         let m = |s: &str| r.match_client(s.parse().unwrap());
         assert_eq!(m("127.0.0.5:1234"), Some(0));
         assert_eq!(m("127.0.0.5:1"), Some(0));
@@ -1062,11 +1163,17 @@ mod tests {
         assert_eq!(m("[::1]:65535"), Some(1));
         // An IPv4 pattern never matches an IPv6 client's text.
         let c = ok("r RR 1.2.3.4:* - > ;");
-        assert_eq!(c.rules[0].match_client("[::ffff:1.2.3.4]:1".parse().unwrap()), None);
+        assert_eq!(
+            c.rules[0].match_client("[::ffff:1.2.3.4]:1".parse().unwrap()),
+            None
+        );
         // Wildcard parts are not validated beyond their character set (SPEC.md §4.3).
         assert!(parse_client_pattern(b"1..*:*").is_ok());
         // A wildcard-free port is stored canonically.
-        assert_eq!(parse_client_pattern(b"*:080").map(|p| p.port), Ok("80".to_string()));
+        assert_eq!(
+            parse_client_pattern(b"*:080").map(|p| p.port),
+            Ok("80".to_string())
+        );
     }
 
     #[test]

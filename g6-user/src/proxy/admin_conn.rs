@@ -139,9 +139,9 @@ fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
     let reply = match command {
         Command::Quit => return Outcome::Close,
         Command::Show { what, json } => match (what, json) {
-            (ShowWhat::Rules, false) => render_rules(&rt.config, &|ri, si| {
-                rt.rules[ri].servers[si].triple(now)
-            }),
+            (ShowWhat::Rules, false) => {
+                render_rules(&rt.config, &|ri, si| rt.rules[ri].servers[si].triple(now))
+            }
             (ShowWhat::Rules, true) => admin::render_rules_json(&rt.config, &|ri, si| {
                 let s = &rt.rules[ri].servers[si];
                 let t = s.triple(now);
@@ -163,10 +163,12 @@ fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
                 true
             })
         }
-        Command::Enable { ip, port, secs } => for_servers(&rt, ip, port, VERB_ENABLE, |iso, now| {
-            iso.enable(secs, now);
-            true
-        }),
+        Command::Enable { ip, port, secs } => {
+            for_servers(&rt, ip, port, VERB_ENABLE, |iso, now| {
+                iso.enable(secs, now);
+                true
+            })
+        }
         Command::Heartbeat { ip, port } => {
             for_servers(&rt, ip, port, VERB_HEARTBEAT, |iso, now| iso.heartbeat(now))
         }

@@ -40,11 +40,18 @@ pub struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(io::Error::from)?;
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(io::Error::from)?;
         // Best effort: a bigger pipe means fewer splice calls on bulk transfers.
         // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_CAPACITY as libc::c_int,
+            )
+        };
         Ok(Pipe { read, write })
     }
 

@@ -57,19 +57,15 @@ pub fn access_log(
 /// Completes if the client resets while we connect for it (a FIN or early data is fine:
 /// the request may be complete already, or the server may speak first).
 async fn client_reset(client: &TcpStream) {
-    loop {
-        match client.ready(Interest::READABLE).await {
-            Ok(r) if r.is_error() => return,
-            Ok(r) if r.is_read_closed() => {
-                let mut b = [0u8; 1];
-                match client.peek(&mut b).await {
-                    Err(_) => return,
-                    Ok(_) => return std::future::pending().await,
-                }
-            }
-            Ok(_) => return std::future::pending().await,
-            Err(_) => return,
-        }
+    let reset = match client.ready(Interest::READABLE).await {
+        Ok(r) if r.is_error() => true,
+        // EOF or RST: peek tells them apart without consuming request bytes.
+        Ok(r) if r.is_read_closed() => client.peek(&mut [0u8; 1]).await.is_err(),
+        Ok(_) => false,
+        Err(_) => true,
+    };
+    if !reset {
+        std::future::pending::<()>().await;
     }
 }
 
