@@ -191,6 +191,7 @@ fn pin_current_thread(index: Option<usize>) {
 fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> {
     let wanted: Vec<SocketAddr> = cfg.listeners().map(|(_, _, l)| l.addr).collect();
     let inherited = std::env::var(LISTEN_FDS_ENV).ok();
+    let ready_fd = ready_fd_from_env();
     let (sockets, warnings) = listeners::open_all(&wanted, inherited.as_deref())?;
     // SAFETY: single-threaded still; nothing else reads the environment concurrently.
     unsafe {
@@ -235,7 +236,7 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
         threads,
         data_path.as_str()
     );
-    let result = rt.block_on(serve_async(cfg, sockets, data_path, opts.sessions));
+    let result = rt.block_on(serve_async(cfg, sockets, data_path, opts.sessions, ready_fd));
     if let Some(p) = &opts.pid_file {
         remove_pid_file_if_ours(p);
     }
@@ -249,6 +250,7 @@ async fn serve_async(
     sockets: Vec<std::net::TcpListener>,
     data_path: DataPath,
     sessions: Option<u64>,
+    ready_fd: Option<std::fs::File>,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let slots = SlotPool::new(sessions);
@@ -276,7 +278,35 @@ async fn serve_async(
         ));
     }
     tokio::spawn(isolation_timer(shared.clone()));
+    signal_ready(ready_fd);
     wait_for_stop(&shared, stop_tx).await
+}
+
+/// `G6_READY_FD`: the write end of a pipe from whoever started us (a USR2 predecessor, or a
+/// supervisor); taken before anything else can open descriptors.
+fn ready_fd_from_env() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var("G6_READY_FD").ok()?.trim().parse().ok()?;
+    // SAFETY: F_GETFD only checks that the descriptor is open.
+    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the variable hands this descriptor to us; nothing else in this process uses it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // Do not leak it into anything we execute later.
+    // SAFETY: fcntl on a descriptor we now own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(file)
+}
+
+/// Tells whoever started us that we serve: one byte, then close (SPEC.md §3).
+fn signal_ready(ready: Option<std::fs::File>) {
+    if let Some(mut f) = ready {
+        use std::io::Write;
+        if let Err(e) = f.write_all(b"1") {
+            tracing::warn!("G6_READY_FD: {e}");
+        }
+    }
 }
 
 /// Logs server state transitions when they happen (availability itself is computed exactly

@@ -1,7 +1,7 @@
 //! Tests of the integration-test support library itself (tests/support): backends, clients,
 //! waits, PreBound and the process launcher — mostly without g6 (client → backend directly).
-//! The last tests need the g6 binary: `run_check_reports_ok` (needs `--check`) and
-//! `g6_start_smoke` (ignored until the serving mode exists).
+//! The last two tests run the real g6 binary: `run_check_reports_ok` (`--check`) and
+//! `g6_start_smoke` (serving, `G6_LISTEN_SOCKFDS`, admin, TERM).
 
 mod support;
 
@@ -37,12 +37,19 @@ fn data_stream_and_checksum_are_chunking_independent() {
     assert_eq!(pieces, whole);
     assert_eq!(sum.digest(), Digest::of(&whole));
     assert_eq!(digest_of_stream(7, 100_003), Digest::of(&whole));
-    assert_ne!(data::bytes(8, 64), data::bytes(7, 64), "seeds give different streams");
+    assert_ne!(
+        data::bytes(8, 64),
+        data::bytes(7, 64),
+        "seeds give different streams"
+    );
     // Order-sensitive and length-sensitive.
     let mut swapped = whole.clone();
     swapped.swap(10, 20_000);
     assert_ne!(Digest::of(&swapped), Digest::of(&whole));
-    assert_ne!(Digest::of(&whole[..99]), Digest::of(&[&whole[..99], &[0u8][..]].concat()));
+    assert_ne!(
+        Digest::of(&whole[..99]),
+        Digest::of(&[&whole[..99], &[0u8][..]].concat())
+    );
     assert_ne!(Digest::of(b""), Digest::of(b"\0"));
 }
 
@@ -60,7 +67,12 @@ fn wait_until_returns_promptly_and_is_bounded() {
     assert!(t.elapsed() >= Duration::from_millis(100) && t.elapsed() < Duration::from_secs(2));
     assert!(calls >= 3, "polls with backoff, got {calls} calls");
     let start = Instant::now();
-    assert_eq!(wait_for(Duration::from_secs(5), || (start.elapsed() > Duration::from_millis(30)).then_some(42)), Some(42));
+    assert_eq!(
+        wait_for(Duration::from_secs(5), || (start.elapsed()
+            > Duration::from_millis(30))
+        .then_some(42)),
+        Some(42)
+    );
 }
 
 #[test]
@@ -75,7 +87,9 @@ fn identify_announces_then_echoes_v4_and_v6() {
         assert_eq!((rest.as_slice(), end), (&b"ping"[..], End::Eof), "{b}");
         assert_eq!(identify(b.addr()), "s1");
         b.expect_accepted(2);
-        let r = b.expect_record("ended with 4 bytes in", |r| r.end == End::Eof && r.bytes_in == 4);
+        let r = b.expect_record("ended with 4 bytes in", |r| {
+            r.end == End::Eof && r.bytes_in == 4
+        });
         assert_eq!(r.bytes_out, 3 + 4);
         assert!(b.label().starts_with("Identify(s1)@"), "{}", b.label());
     }
@@ -99,13 +113,19 @@ fn echo_full_duplex_large_with_half_close() {
 fn many_concurrent_connections_are_served() {
     let b = Backend::echo();
     let addr = b.addr();
-    let hs: Vec<_> = (0..64).map(|_| thread::spawn(move || echo_checked(addr, 100_000))).collect();
+    let hs: Vec<_> = (0..64)
+        .map(|_| thread::spawn(move || echo_checked(addr, 100_000)))
+        .collect();
     for h in hs {
         h.join().expect("echo client failed");
     }
     b.expect_accepted(64);
     assert!(b.wait_ended(64, WAIT_TIMEOUT));
-    assert!(b.records().iter().all(|r| r.end == End::Eof && r.bytes_in == 100_000));
+    assert!(
+        b.records()
+            .iter()
+            .all(|r| r.end == End::Eof && r.bytes_in == 100_000)
+    );
     assert_eq!(b.open_count(), 0);
 }
 
@@ -145,7 +165,9 @@ fn sink_records_reset() {
     let s = Backend::sink();
     let mut c = connect(s.addr());
     c.write_all(b"12345").unwrap();
-    assert!(s.wait_records(WAIT_TIMEOUT, |rs| rs.first().is_some_and(|r| r.bytes_in == 5)));
+    assert!(s.wait_records(WAIT_TIMEOUT, |rs| {
+        rs.first().is_some_and(|r| r.bytes_in == 5)
+    }));
     reset(c);
     let r = s.expect_record("ended by RST", |r| !r.end.is_open());
     assert_eq!(r.end, End::Reset, "{r:?}");
@@ -164,7 +186,9 @@ fn generator_download_checked_and_keeps_reading() {
     c.shutdown(Shutdown::Write).unwrap();
     let (d, end) = read_digest(&mut c);
     assert_eq!((d, end), (g1.generated_digest().unwrap(), End::Eof));
-    let r = g1.expect_record("1000 bytes in, EOF", |r| r.bytes_in == 1000 && r.end == End::Eof);
+    let r = g1.expect_record("1000 bytes in, EOF", |r| {
+        r.bytes_in == 1000 && r.end == End::Eof
+    });
     assert_eq!(r.bytes_out, 2 << 20);
 }
 
@@ -174,9 +198,20 @@ fn never_accept_makes_connects_time_out() {
         let na = NeverAccept::new_on(bind);
         assert!(na.filled() >= 1);
         let t = Instant::now();
-        let e = TcpStream::connect_timeout(&na.addr(), SHORT).expect_err("connect must not complete");
-        assert!(matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock), "{bind}: {e}");
-        assert!(t.elapsed() >= SHORT - Duration::from_millis(10), "{:?}", t.elapsed());
+        let e =
+            TcpStream::connect_timeout(&na.addr(), SHORT).expect_err("connect must not complete");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{bind}: {e}"
+        );
+        assert!(
+            t.elapsed() >= SHORT - Duration::from_millis(10),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }
 
@@ -186,7 +221,11 @@ fn refused_addr_refuses_v4_and_v6() {
         let r = RefusedAddr::new_on(bind);
         let e = TcpStream::connect_timeout(&r.addr(), IO_TIMEOUT).expect_err("must be refused");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{bind}: {e}");
-        assert!(check_refused(r.addr(), SHORT).unwrap_err().contains("connect failed"));
+        assert!(
+            check_refused(r.addr(), SHORT)
+                .unwrap_err()
+                .contains("connect failed")
+        );
     }
 }
 
@@ -197,9 +236,17 @@ fn expect_refused_accepts_only_accept_then_eof() {
     let r = closer.expect_record("closed", |r| !r.end.is_open());
     assert_eq!(r.end, End::Closed);
     let echo = Backend::echo();
-    assert!(check_refused(echo.addr(), SHORT).unwrap_err().contains("not refused"));
+    assert!(
+        check_refused(echo.addr(), SHORT)
+            .unwrap_err()
+            .contains("not refused")
+    );
     let talker = Backend::speak_first(b"hi");
-    assert!(check_refused(talker.addr(), SHORT).unwrap_err().contains("without data"));
+    assert!(
+        check_refused(talker.addr(), SHORT)
+            .unwrap_err()
+            .contains("without data")
+    );
 }
 
 #[test]
@@ -209,13 +256,15 @@ fn accept_no_read_shows_back_pressure() {
     c.set_nonblocking(true).unwrap();
     let chunk = vec![0u8; 64 * 1024];
     let mut total = 0usize;
-    let blocked = wait_until(WAIT_TIMEOUT, || loop {
-        match c.write(&chunk) {
-            Ok(n) => total += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) => panic!("write: {e}"),
+    let blocked = wait_until(WAIT_TIMEOUT, || {
+        loop {
+            match c.write(&chunk) {
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => panic!("write: {e}"),
+            }
+            assert!(total < 64 << 20, "no back-pressure after {total} bytes");
         }
-        assert!(total < 64 << 20, "no back-pressure after {total} bytes");
     });
     assert!(blocked);
     assert!(total < 16 << 20, "back-pressure only after {total} bytes");
@@ -253,12 +302,18 @@ fn controlled_connections_send_fin_and_rst() {
 #[test]
 fn admin_client_pipelines_and_reads_lines() {
     let echo = Backend::echo();
-    assert_eq!(admin_cmd(echo.addr(), "show rules\nquit"), "show rules\nquit");
+    assert_eq!(
+        admin_cmd(echo.addr(), "show rules\nquit"),
+        "show rules\nquit"
+    );
     let mut a = AdminConn::connect(echo.addr());
     a.send("l1\nl2\nl3\npartial");
     assert_eq!(a.read_lines(2), "l1\nl2\n");
     assert_eq!(a.read_lines(1), "l3\n");
-    assert_eq!(a.read_until(WAIT_TIMEOUT, |t| t.ends_with("partial")), "partial");
+    assert_eq!(
+        a.read_until(WAIT_TIMEOUT, |t| t.ends_with("partial")),
+        "partial"
+    );
     a.send("x\n");
     assert_eq!(a.read_quiet(Duration::from_millis(100)), "x\n");
     a.shutdown_write();
@@ -274,11 +329,17 @@ fn backend_drop_is_bounded_and_closes_everything() {
     let mut cg = connect(ga); // never reads: the generator blocks in write
     let mut ce = connect(ea); // idle: the echo blocks in read
     let mut ch = connect(ha);
-    assert!(g.wait_records(WAIT_TIMEOUT, |rs| rs.first().is_some_and(|r| r.bytes_out > 0)));
+    assert!(g.wait_records(WAIT_TIMEOUT, |rs| {
+        rs.first().is_some_and(|r| r.bytes_out > 0)
+    }));
     assert!(e.wait_accepted(1, WAIT_TIMEOUT) && h.wait_accepted(1, WAIT_TIMEOUT));
     let t = Instant::now();
     drop((g, e, h));
-    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        t.elapsed()
+    );
     assert_eq!(read_until_end(&mut ce), (vec![], End::Eof));
     assert_eq!(read_until_end(&mut ch).1, End::Eof);
     let (_, end) = read_digest(&mut cg);
@@ -303,12 +364,22 @@ fn prebound_sockets_reach_the_child_and_die_with_it() {
     let dir = G6Proc::conf_dir("");
     let script_path = dir.path().join("g6.conf");
     std::fs::write(&script_path, script).unwrap();
-    let g = G6Proc::launch(Path::new("/bin/sh"), &[script_path.into()], dir, &[&l4, &l6], true);
+    let g = G6Proc::launch(
+        Path::new("/bin/sh"),
+        &[script_path.into()],
+        dir,
+        &[&l4, &l6],
+        true,
+    );
     assert!(l4.is_handed_over() && l6.is_handed_over());
     let env = std::fs::read_to_string(g.dir().join("env")).unwrap();
     assert_eq!(env, format!("2|{}|{}|", fds[0], fds[1]));
     let links = std::fs::read_to_string(g.dir().join("fds")).unwrap();
-    assert_eq!(links.lines().filter(|l| l.starts_with("socket:")).count(), 2, "{links}");
+    assert_eq!(
+        links.lines().filter(|l| l.starts_with("socket:")).count(),
+        2,
+        "{links}"
+    );
     // Only the child holds the listeners now: connects are queued by its sockets.
     for a in [l4.addr(), l6.addr()] {
         connect(a);
@@ -317,7 +388,10 @@ fn prebound_sockets_reach_the_child_and_die_with_it() {
     assert!(g.fd_count() >= 3, "fd_count {}", g.fd_count());
     let pid = g.pid();
     drop(g);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "child {pid} not reaped");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "child {pid} not reaped"
+    );
     for a in [l4.addr(), l6.addr()] {
         let e = TcpStream::connect_timeout(&a, IO_TIMEOUT).expect_err("listener must be gone");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
@@ -328,9 +402,17 @@ fn prebound_sockets_reach_the_child_and_die_with_it() {
 fn launch_reports_early_exit_with_stderr() {
     let dir = G6Proc::conf_dir("echo boom >&2; exit 3");
     let script = dir.path().join("g6.conf");
-    let r = std::panic::catch_unwind(|| G6Proc::launch(Path::new("/bin/sh"), &[script.into()], dir, &[], true));
-    let msg = r.err().and_then(|e| e.downcast::<String>().ok()).expect("launch must panic");
-    assert!(msg.contains("exited during start-up") && msg.contains("boom"), "{msg}");
+    let r = std::panic::catch_unwind(|| {
+        G6Proc::launch(Path::new("/bin/sh"), &[script.into()], dir, &[], true)
+    });
+    let msg = r
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .expect("launch must panic");
+    assert!(
+        msg.contains("exited during start-up") && msg.contains("boom"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -353,7 +435,12 @@ fn signal_and_wait_exit() {
 #[test]
 fn data_paths_are_known() {
     let p = G6Proc::data_paths();
-    assert!(!p.is_empty() && p.iter().all(|p| ["copy", "splice", "sockmap"].contains(&p.as_str())), "{p:?}");
+    assert!(
+        !p.is_empty()
+            && p.iter()
+                .all(|p| ["copy", "splice", "sockmap"].contains(&p.as_str())),
+        "{p:?}"
+    );
 }
 
 /// Needs `g6 --check` (SPEC §2).
@@ -362,30 +449,43 @@ fn run_check_reports_ok() {
     let conf = "admin G 127.0.0.1:* - 127.0.0.1:8600 ;\nr1 RR *:* - 127.0.0.1:18601 > 127.0.0.1:18701 127.0.0.1:18702 ;\n";
     let (code, out, err) = G6Proc::run_check(conf);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains(": ok, 2 rules, 2 listen addresses, 2 server entries"), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains(": ok, 2 rules, 2 listen addresses, 2 server entries"),
+        "stdout: {out}\nstderr: {err}"
+    );
     let (code, _, err) = G6Proc::run_check("r1 RR *:* - 127.0.0.1:0 > 127.0.0.1:1 ;\n");
     assert_eq!(code, 1, "port 0 is invalid; stderr: {err}");
     assert!(err.contains("error"), "{err}");
 }
 
-/// Needs g6's serving mode with `G6_LISTEN_SOCKFDS` / `G6_READY_FD` (SPEC §3).
+/// End to end with the real agent: pre-bound listeners adopted, readiness, balancing across
+/// two `Identify` backends, the admin client, TERM → exit 0 → listeners gone.
 #[test]
-#[ignore = "needs g6 serving mode"]
 fn g6_start_smoke() {
     let (s1, s2) = (Backend::identify("s1"), Backend::identify("s2"));
     for path in G6Proc::data_paths() {
         let a = PreBound::tcp("127.0.0.1:0");
-        let l = PreBound::tcp("127.0.0.1:0");
-        let conf = format!("admin G 127.0.0.1:* - {a} ;\nr1 RR *:* - {l} > {} {} ;\n", s1.addr(), s2.addr());
+        let l = PreBound::tcp("[::1]:0");
+        let conf = format!(
+            "admin G 127.0.0.1:* - {a} ;\nr1 RR *:* - {l} > {} {} ;\n",
+            s1.addr(),
+            s2.addr()
+        );
         let g6 = G6Proc::start(&conf, &[&a, &l], &["--data-path", &path]);
+        assert!(a.is_handed_over() && l.is_handed_over());
         let mut names = [identify(l.addr()), identify(l.addr())];
         names.sort();
         assert_eq!(names, ["s1", "s2"], "{path} {}", g6.diagnostics());
         let rules = admin_cmd(a.addr(), "show rules\n");
         assert!(rules.starts_with("admin | G |"), "{rules}");
+        assert!(g6.fd_count() >= 2, "{}", g6.fd_count());
         g6.signal(Signal::SIGTERM);
-        let st = g6.wait_exit(WAIT_TIMEOUT).unwrap_or_else(|| panic!("no exit on TERM {}", g6.diagnostics()));
+        let st = g6.wait_exit(WAIT_TIMEOUT);
+        let st = st.unwrap_or_else(|| panic!("no exit on TERM {}", g6.diagnostics()));
         assert_eq!(st.code(), Some(0), "{}", g6.diagnostics());
-        check_refused(l.addr(), SHORT).expect_err("listener closed after exit");
+        for addr in [a.addr(), l.addr()] {
+            let e = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect_err("listener closed");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{addr}");
+        }
     }
 }

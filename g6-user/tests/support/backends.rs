@@ -102,9 +102,13 @@ impl Backend {
     fn start_named(bind: &str, behaviour: Behaviour, name: Option<&str>) -> Backend {
         let rcvbuf = matches!(behaviour, Behaviour::Hold).then_some(4096);
         let listener = net::listen(parse_loopback(bind), 1024, rcvbuf);
-        listener.set_nonblocking(true).expect("O_NONBLOCK on listener");
+        listener
+            .set_nonblocking(true)
+            .expect("O_NONBLOCK on listener");
         let addr = listener.local_addr().expect("getsockname");
-        let kind = name.map(|n| format!("Identify({n})")).unwrap_or_else(|| kind_name(&behaviour));
+        let kind = name
+            .map(|n| format!("Identify({n})"))
+            .unwrap_or_else(|| kind_name(&behaviour));
         let shared = Arc::new(Shared {
             label: format!("{kind}@{addr}"),
             behaviour,
@@ -122,7 +126,11 @@ impl Backend {
             .stack_size(STACK)
             .spawn(move || accept_loop(listener, sh))
             .expect("spawn acceptor thread");
-        Backend { addr, shared, acceptor: Some(acceptor) }
+        Backend {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
     }
 
     /// On accept writes `name\n`, then echoes (tells a test which server it reached).
@@ -131,8 +139,15 @@ impl Backend {
     }
 
     pub fn identify_on(bind: &str, name: &str) -> Backend {
-        assert!(!name.contains('\n'), "identify name must be one line: {name:?}");
-        Self::start_named(bind, Behaviour::SpeakFirst(format!("{name}\n").into_bytes()), Some(name))
+        assert!(
+            !name.contains('\n'),
+            "identify name must be one line: {name:?}"
+        );
+        Self::start_named(
+            bind,
+            Behaviour::SpeakFirst(format!("{name}\n").into_bytes()),
+            Some(name),
+        )
     }
 
     pub fn echo() -> Backend {
@@ -151,12 +166,17 @@ impl Backend {
 
     /// Reads to EOF, then replies `reply_len` deterministic bytes (see `reply_digest`), FIN.
     pub fn sink_replying(reply_len: u64) -> Backend {
-        Self::start(Behaviour::Sink { reply: Some((reply_len, fresh_seed())) })
+        Self::start(Behaviour::Sink {
+            reply: Some((reply_len, fresh_seed())),
+        })
     }
 
     /// Writes `len` deterministic bytes (see `generated_digest`) then FIN.
     pub fn generator(len: u64) -> Backend {
-        Self::start(Behaviour::Generator { len, seed: fresh_seed() })
+        Self::start(Behaviour::Generator {
+            len,
+            seed: fresh_seed(),
+        })
     }
 
     /// Accepts and never reads; small receive buffer so back-pressure shows early.
@@ -185,7 +205,9 @@ impl Backend {
     /// Digest of what a `sink_replying` sends after the client's EOF (None for other kinds).
     pub fn reply_digest(&self) -> Option<Digest> {
         match self.shared.behaviour {
-            Behaviour::Sink { reply: Some((len, seed)) } => Some(digest_of_stream(seed, len)),
+            Behaviour::Sink {
+                reply: Some((len, seed)),
+            } => Some(digest_of_stream(seed, len)),
             _ => None,
         }
     }
@@ -200,7 +222,8 @@ impl Backend {
 
     /// Digest of what a generator sends on every connection (None for other kinds).
     pub fn generated_digest(&self) -> Option<Digest> {
-        self.generated().map(|(len, seed)| digest_of_stream(seed, len))
+        self.generated()
+            .map(|(len, seed)| digest_of_stream(seed, len))
     }
 
     /// Connections accepted so far.
@@ -215,7 +238,13 @@ impl Backend {
 
     /// Connections accepted and not yet ended.
     pub fn open_count(&self) -> usize {
-        self.shared.records.lock().unwrap().iter().filter(|r| r.end.is_open()).count()
+        self.shared
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.end.is_open())
+            .count()
     }
 
     /// Errors from accept(2) (e.g. EMFILE), for diagnostics.
@@ -229,21 +258,37 @@ impl Backend {
 
     /// Waits until at least `n` connections have ended (any way).
     pub fn wait_ended(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_records(timeout, |rs| rs.iter().filter(|r| !r.end.is_open()).count() >= n)
+        self.wait_records(timeout, |rs| {
+            rs.iter().filter(|r| !r.end.is_open()).count() >= n
+        })
     }
 
     /// Waits until `pred` holds over the records.
-    pub fn wait_records(&self, timeout: Duration, mut pred: impl FnMut(&[ConnRecord]) -> bool) -> bool {
+    pub fn wait_records(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&[ConnRecord]) -> bool,
+    ) -> bool {
         wait_until(timeout, || pred(&self.shared.records.lock().unwrap()))
     }
 
     /// Waits for a record matching `pred`; panics (dumping all records) if none shows up.
     pub fn expect_record(&self, what: &str, pred: impl Fn(&ConnRecord) -> bool) -> ConnRecord {
         let found = super::wait::wait_for(WAIT_TIMEOUT, || {
-            self.shared.records.lock().unwrap().iter().find(|r| pred(r)).cloned()
+            self.shared
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| pred(r))
+                .cloned()
         });
         found.unwrap_or_else(|| {
-            panic!("{}: no connection record {what} within {WAIT_TIMEOUT:?}; records: {:#?}", self.label(), self.records())
+            panic!(
+                "{}: no connection record {what} within {WAIT_TIMEOUT:?}; records: {:#?}",
+                self.label(),
+                self.records()
+            )
         })
     }
 
@@ -252,7 +297,12 @@ impl Backend {
     pub fn expect_accepted(&self, n: usize) {
         self.wait_accepted(n, WAIT_TIMEOUT);
         let got = self.accepted();
-        assert_eq!(got, n, "{}: expected {n} accepted connections, got {got}", self.label());
+        assert_eq!(
+            got,
+            n,
+            "{}: expected {n} accepted connections, got {got}",
+            self.label()
+        );
     }
 }
 
@@ -288,7 +338,9 @@ fn kind_name(b: &Behaviour) -> String {
         Behaviour::Echo => "Echo".into(),
         Behaviour::SpeakFirst(_) => "SpeakFirst".into(),
         Behaviour::Sink { reply: None } => "Sink".into(),
-        Behaviour::Sink { reply: Some((len, _)) } => format!("Sink(reply {len})"),
+        Behaviour::Sink {
+            reply: Some((len, _)),
+        } => format!("Sink(reply {len})"),
         Behaviour::Generator { len, .. } => format!("Generator({len})"),
         Behaviour::Hold => "AcceptNoRead".into(),
         Behaviour::CloseOnAccept => "CloseOnAccept".into(),
@@ -303,10 +355,13 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
         }
         match listener.accept() {
             Ok((stream, peer)) => spawn_conn(&sh, stream, peer),
-            Err(e) if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-            ) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                ) => {}
             Err(e) => {
                 sh.accept_errors.lock().unwrap().push(e.to_string());
                 sh.stop.wait(Some(Duration::from_millis(10))); // e.g. EMFILE: back off
@@ -316,7 +371,9 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
 }
 
 fn spawn_conn(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    stream.set_nonblocking(false).expect("blocking accepted socket");
+    stream
+        .set_nonblocking(false)
+        .expect("blocking accepted socket");
     let id = {
         let mut recs = sh.records.lock().unwrap();
         let id = recs.len();
@@ -334,7 +391,14 @@ fn spawn_conn(sh: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     };
     sh.live.lock().unwrap().insert(id, stream.as_raw_fd());
     sh.accepted.fetch_add(1, Ordering::SeqCst);
-    let conn = Conn { stream, rec: Rec { id, sh: sh.clone(), sum: Checksum::new() } };
+    let conn = Conn {
+        stream,
+        rec: Rec {
+            id,
+            sh: sh.clone(),
+            sum: Checksum::new(),
+        },
+    };
     let h = thread::Builder::new()
         .name(format!("conn {} #{id}", sh.label))
         .stack_size(STACK)
@@ -416,7 +480,13 @@ fn echo(s: &mut TcpStream, rec: &mut Rec, buf: &mut [u8]) -> Result<(), End> {
     }
 }
 
-fn send_stream(s: &mut TcpStream, rec: &Rec, len: u64, seed: u64, buf: &mut [u8]) -> Result<(), End> {
+fn send_stream(
+    s: &mut TcpStream,
+    rec: &Rec,
+    len: u64,
+    seed: u64,
+    buf: &mut [u8],
+) -> Result<(), End> {
     let mut g = DataGen::new(seed);
     let mut left = len;
     while left > 0 {
@@ -433,7 +503,9 @@ fn serve(mut c: Conn) {
     let (s, rec) = (&mut c.stream, &mut c.rec);
     let result = match rec.sh.behaviour.clone() {
         Behaviour::Echo => echo(s, rec, &mut buf),
-        Behaviour::SpeakFirst(banner) => write(s, rec, &banner).and_then(|()| echo(s, rec, &mut buf)),
+        Behaviour::SpeakFirst(banner) => {
+            write(s, rec, &banner).and_then(|()| echo(s, rec, &mut buf))
+        }
         Behaviour::Sink { reply } => drain(s, rec, &mut buf).and_then(|()| {
             if let Some((len, seed)) = reply {
                 send_stream(s, rec, len, seed, &mut buf)?;
@@ -460,9 +532,19 @@ fn serve(mut c: Conn) {
 }
 
 /// Writes the stream then FIN while a second thread reads and discards (recording).
-fn generate(s: &mut TcpStream, rec: &mut Rec, len: u64, seed: u64, buf: &mut [u8]) -> Result<(), End> {
+fn generate(
+    s: &mut TcpStream,
+    rec: &mut Rec,
+    len: u64,
+    seed: u64,
+    buf: &mut [u8],
+) -> Result<(), End> {
     let mut rd = s.try_clone().expect("dup accepted socket");
-    let mut rd_rec = Rec { id: rec.id, sh: rec.sh.clone(), sum: Checksum::new() };
+    let mut rd_rec = Rec {
+        id: rec.id,
+        sh: rec.sh.clone(),
+        sum: Checksum::new(),
+    };
     let reader = thread::Builder::new()
         .name(format!("gen-read {} #{}", rec.sh.label, rec.id))
         .stack_size(STACK)

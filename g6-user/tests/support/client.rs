@@ -33,11 +33,17 @@ pub fn read_line(s: &mut TcpStream) -> String {
     let mut b = [0u8; 1];
     loop {
         match s.read(&mut b) {
-            Ok(0) => panic!("EOF before end of line; got {:?}", String::from_utf8_lossy(&line)),
+            Ok(0) => panic!(
+                "EOF before end of line; got {:?}",
+                String::from_utf8_lossy(&line)
+            ),
             Ok(_) if b[0] == b'\n' => return String::from_utf8_lossy(&line).into_owned(),
             Ok(_) => line.push(b[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("read_line failed after {:?}: {e}", String::from_utf8_lossy(&line)),
+            Err(e) => panic!(
+                "read_line failed after {:?}: {e}",
+                String::from_utf8_lossy(&line)
+            ),
         }
     }
 }
@@ -58,8 +64,9 @@ pub fn identify(addr: SocketAddr) -> String {
 /// Ok if `addr` accepts the connection and then closes it with no data (EOF, SPEC §5.1
 /// "refused") within `timeout`; Err describes what happened instead.
 pub fn check_refused(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("{addr}: expected accept-then-EOF (refused, SPEC §5.1), but connect failed: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        format!("{addr}: expected accept-then-EOF (refused, SPEC §5.1), but connect failed: {e}")
+    })?;
     s.set_read_timeout(Some(timeout)).expect("SO_RCVTIMEO");
     let mut buf = [0u8; 4096];
     loop {
@@ -72,7 +79,9 @@ pub fn check_refused(addr: SocketAddr, timeout: Duration) -> Result<(), String> 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => match End::from_io(&e) {
                 End::Reset => Err(format!("{addr}: expected EOF (refused), got a reset")),
-                _ => Err(format!("{addr}: expected EOF (refused) within {timeout:?}, got {e}: not refused")),
+                _ => Err(format!(
+                    "{addr}: expected EOF (refused) within {timeout:?}, got {e}: not refused"
+                )),
             },
         };
     }
@@ -89,10 +98,13 @@ fn write_stream(s: &mut TcpStream, seed: u64, n: u64) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut sent, mut step) = (0u64, seed | 1);
     while sent < n {
-        step = step.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        step = step
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let k = (1 + (step >> 48) as usize % buf.len()).min((n - sent) as usize);
         g.fill(&mut buf[..k]);
-        s.write_all(&buf[..k]).map_err(|e| format!("write failed after {sent} of {n} bytes: {e}"))?;
+        s.write_all(&buf[..k])
+            .map_err(|e| format!("write failed after {sent} of {n} bytes: {e}"))?;
         sent += k as u64;
     }
     Ok(())
@@ -113,7 +125,10 @@ pub fn read_digest(s: &mut TcpStream) -> (Digest, End) {
 }
 
 fn dump(backends: &[&Backend]) -> String {
-    backends.iter().map(|b| format!("{}: {:#?}\n", b.label(), b.records())).collect()
+    backends
+        .iter()
+        .map(|b| format!("{}: {:#?}\n", b.label(), b.records()))
+        .collect()
 }
 
 /// Uploads `n` fresh deterministic bytes to `addr`, half-closes, reads the reply to EOF and
@@ -125,17 +140,34 @@ pub fn upload_checked(addr: SocketAddr, sinks: &[&Backend], n: u64) -> usize {
     let want = digest_of_stream(seed, n);
     let mut s = connect(addr);
     write_stream(&mut s, seed, n).unwrap_or_else(|e| panic!("upload {n} bytes to {addr}: {e}"));
-    s.shutdown(Shutdown::Write).unwrap_or_else(|e| panic!("upload to {addr}: shutdown(Write): {e}"));
+    s.shutdown(Shutdown::Write)
+        .unwrap_or_else(|e| panic!("upload to {addr}: shutdown(Write): {e}"));
     let (reply, end) = read_digest(&mut s);
-    assert_eq!(end, End::Eof, "upload {n} bytes to {addr}: reply ({reply}) did not end in EOF");
+    assert_eq!(
+        end,
+        End::Eof,
+        "upload {n} bytes to {addr}: reply ({reply}) did not end in EOF"
+    );
     let hit = wait_for(WAIT_TIMEOUT, || {
-        sinks.iter().position(|b| b.records().iter().any(|r| r.digest_in == want && r.end == End::Eof))
+        sinks.iter().position(|b| {
+            b.records()
+                .iter()
+                .any(|r| r.digest_in == want && r.end == End::Eof)
+        })
     });
     let i = hit.unwrap_or_else(|| {
-        panic!("upload {n} bytes to {addr}: no sink recorded {want} ending in EOF; sinks:\n{}", dump(sinks))
+        panic!(
+            "upload {n} bytes to {addr}: no sink recorded {want} ending in EOF; sinks:\n{}",
+            dump(sinks)
+        )
     });
     let want_reply = sinks[i].reply_digest().unwrap_or_else(|| Digest::of(b""));
-    assert_eq!(reply, want_reply, "upload {n} bytes to {addr}: reply from {} differs", sinks[i].label());
+    assert_eq!(
+        reply,
+        want_reply,
+        "upload {n} bytes to {addr}: reply from {} differs",
+        sinks[i].label()
+    );
     i
 }
 
@@ -146,14 +178,24 @@ pub fn download_checked(addr: SocketAddr, generators: &[&Backend]) -> usize {
     let (got, end) = read_digest(&mut s);
     let wants: Vec<Digest> = generators
         .iter()
-        .map(|g| g.generated_digest().unwrap_or_else(|| panic!("{} is not a generator", g.label())))
-        .collect();
-    assert_eq!(end, End::Eof, "download from {addr}: stream ended by {end} after {got}; expected one of {wants:?}");
-    wants.iter().position(|w| *w == got).unwrap_or_else(|| {
-        panic!("download from {addr}: got {got}, expected one of {wants:?} (generators: {})", {
-            let l: Vec<&str> = generators.iter().map(|g| g.label()).collect();
-            l.join(", ")
+        .map(|g| {
+            g.generated_digest()
+                .unwrap_or_else(|| panic!("{} is not a generator", g.label()))
         })
+        .collect();
+    assert_eq!(
+        end,
+        End::Eof,
+        "download from {addr}: stream ended by {end} after {got}; expected one of {wants:?}"
+    );
+    wants.iter().position(|w| *w == got).unwrap_or_else(|| {
+        panic!(
+            "download from {addr}: got {got}, expected one of {wants:?} (generators: {})",
+            {
+                let l: Vec<&str> = generators.iter().map(|g| g.label()).collect();
+                l.join(", ")
+            }
+        )
     })
 }
 
@@ -194,14 +236,26 @@ fn verify_stream(s: &mut TcpStream, seed: u64, n: u64) -> Result<(), String> {
             Err(e) => return Err(format!("read failed after {got} of {n} bytes: {e}")),
         };
         if k == 0 {
-            return if got == n { Ok(()) } else { Err(format!("EOF after {got} of {n} bytes")) };
+            return if got == n {
+                Ok(())
+            } else {
+                Err(format!("EOF after {got} of {n} bytes"))
+            };
         }
         if got + k as u64 > n {
-            return Err(format!("received more than the {n} bytes sent ({} so far)", got + k as u64));
+            return Err(format!(
+                "received more than the {n} bytes sent ({} so far)",
+                got + k as u64
+            ));
         }
         g.fill(&mut want[..k]);
         if let Some(i) = (0..k).find(|&i| buf[i] != want[i]) {
-            return Err(format!("data differs at offset {}: got {:#04x}, want {:#04x}", got + i as u64, buf[i], want[i]));
+            return Err(format!(
+                "data differs at offset {}: got {:#04x}, want {:#04x}",
+                got + i as u64,
+                buf[i],
+                want[i]
+            ));
         }
         got += k as u64;
     }
@@ -225,7 +279,11 @@ pub struct AdminConn {
 
 impl AdminConn {
     pub fn connect(addr: SocketAddr) -> AdminConn {
-        AdminConn { addr, stream: connect(addr), buf: Vec::new() }
+        AdminConn {
+            addr,
+            stream: connect(addr),
+            buf: Vec::new(),
+        }
     }
 
     pub fn stream(&mut self) -> &mut TcpStream {
@@ -238,7 +296,9 @@ impl AdminConn {
 
     pub fn send_bytes(&mut self, data: &[u8]) {
         let addr = self.addr;
-        self.stream.write_all(data).unwrap_or_else(|e| panic!("admin {addr}: send failed: {e}"));
+        self.stream
+            .write_all(data)
+            .unwrap_or_else(|e| panic!("admin {addr}: send failed: {e}"));
     }
 
     pub fn shutdown_write(&mut self) {
@@ -247,7 +307,8 @@ impl AdminConn {
 
     /// One read into the buffer with at most `timeout`; Ok(false) on EOF.
     fn fill(&mut self, timeout: Duration) -> io::Result<bool> {
-        self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let mut b = [0u8; 16 * 1024];
         let r = loop {
             match self.stream.read(&mut b) {
@@ -274,17 +335,26 @@ impl AdminConn {
     pub fn read_lines(&mut self, n: usize) -> String {
         let deadline = Instant::now() + IO_TIMEOUT;
         loop {
-            if let Some(end) = self.buf.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1).nth(n.wrapping_sub(1)) {
-                return self.take(end);
-            }
             if n == 0 {
                 return String::new();
+            }
+            let mut newlines = self.buf.iter().enumerate().filter(|(_, b)| **b == b'\n');
+            if let Some((i, _)) = newlines.nth(n - 1) {
+                return self.take(i + 1);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.fill(left) {
                 Ok(true) => {}
-                Ok(false) => panic!("admin {}: EOF before {n} lines; got {:?}", self.addr, self.pending()),
-                Err(e) => panic!("admin {}: waiting for {n} lines: {e}; got {:?}", self.addr, self.pending()),
+                Ok(false) => panic!(
+                    "admin {}: EOF before {n} lines; got {:?}",
+                    self.addr,
+                    self.pending()
+                ),
+                Err(e) => panic!(
+                    "admin {}: waiting for {n} lines: {e}; got {:?}",
+                    self.addr,
+                    self.pending()
+                ),
             }
         }
     }
@@ -300,8 +370,16 @@ impl AdminConn {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.fill(left) {
                 Ok(true) => {}
-                Ok(false) => panic!("admin {}: EOF before the expected reply; got {:?}", self.addr, self.pending()),
-                Err(e) => panic!("admin {}: no expected reply within {timeout:?} ({e}); got {:?}", self.addr, self.pending()),
+                Ok(false) => panic!(
+                    "admin {}: EOF before the expected reply; got {:?}",
+                    self.addr,
+                    self.pending()
+                ),
+                Err(e) => panic!(
+                    "admin {}: no expected reply within {timeout:?} ({e}); got {:?}",
+                    self.addr,
+                    self.pending()
+                ),
             }
         }
     }
@@ -312,10 +390,24 @@ impl AdminConn {
         loop {
             match self.fill(quiet) {
                 Ok(true) if Instant::now() < deadline => {}
-                Ok(true) => panic!("admin {}: reply never went quiet within {IO_TIMEOUT:?}", self.addr),
+                Ok(true) => panic!(
+                    "admin {}: reply never went quiet within {IO_TIMEOUT:?}",
+                    self.addr
+                ),
                 Ok(false) => break,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break,
-                Err(e) => panic!("admin {}: read failed: {e}; got {:?}", self.addr, self.pending()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!(
+                    "admin {}: read failed: {e}; got {:?}",
+                    self.addr,
+                    self.pending()
+                ),
             }
         }
         let n = self.buf.len();
@@ -326,7 +418,13 @@ impl AdminConn {
     pub fn read_to_eof(&mut self) -> String {
         let (data, end) = read_until_end(&mut self.stream);
         self.buf.extend_from_slice(&data);
-        assert_eq!(end, End::Eof, "admin {}: expected the reply to end in EOF; got {:?}", self.addr, self.pending());
+        assert_eq!(
+            end,
+            End::Eof,
+            "admin {}: expected the reply to end in EOF; got {:?}",
+            self.addr,
+            self.pending()
+        );
         let n = self.buf.len();
         self.take(n)
     }

@@ -51,7 +51,9 @@ impl Controlled {
 
     pub fn new_on(bind: &str) -> Controlled {
         let listener = net::listen(parse_loopback(bind), 1024, None);
-        listener.set_nonblocking(true).expect("O_NONBLOCK on listener");
+        listener
+            .set_nonblocking(true)
+            .expect("O_NONBLOCK on listener");
         let addr = listener.local_addr().expect("getsockname");
         let shared = Arc::new(Shared {
             label: format!("Controlled@{addr}"),
@@ -63,7 +65,11 @@ impl Controlled {
             .name(format!("accept {}", shared.label))
             .spawn(move || accept_loop(listener, sh))
             .expect("spawn acceptor thread");
-        Controlled { addr, shared, acceptor: Some(acceptor) }
+        Controlled {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -84,8 +90,15 @@ impl Controlled {
 
     /// The `i`-th accepted connection (from 0), waiting up to `WAIT_TIMEOUT` for it.
     pub fn conn(&self, i: usize) -> ControlledConn {
-        wait_for(WAIT_TIMEOUT, || self.shared.conns.lock().unwrap().get(i).cloned()).unwrap_or_else(|| {
-            panic!("{}: connection #{i} not accepted within {WAIT_TIMEOUT:?} ({} accepted)", self.label(), self.accepted())
+        wait_for(WAIT_TIMEOUT, || {
+            self.shared.conns.lock().unwrap().get(i).cloned()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: connection #{i} not accepted within {WAIT_TIMEOUT:?} ({} accepted)",
+                self.label(),
+                self.accepted()
+            )
         })
     }
 }
@@ -118,7 +131,13 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
             set_timeouts(&s, IO_TIMEOUT);
             let mut conns = sh.conns.lock().unwrap();
             let label = format!("{} #{} (peer {peer})", sh.label, conns.len());
-            conns.push(ControlledConn { inner: Arc::new(ConnInner { label, peer, stream: Mutex::new(Some(s)) }) });
+            conns.push(ControlledConn {
+                inner: Arc::new(ConnInner {
+                    label,
+                    peer,
+                    stream: Mutex::new(Some(s)),
+                }),
+            });
         }
     }
 }
@@ -134,14 +153,22 @@ impl ControlledConn {
 
     fn with<T>(&self, op: &str, f: impl FnOnce(&mut TcpStream) -> T) -> T {
         let mut g = self.inner.stream.lock().unwrap();
-        let s = g.as_mut().unwrap_or_else(|| panic!("{}: {op} on a closed connection", self.inner.label));
+        let s = g
+            .as_mut()
+            .unwrap_or_else(|| panic!("{}: {op} on a closed connection", self.inner.label));
         f(s)
     }
 
     /// Writes all of `data`.
     pub fn send(&self, data: &[u8]) {
         self.with("send", |s| s.write_all(data))
-            .unwrap_or_else(|e| panic!("{}: send of {} bytes failed: {e}", self.inner.label, data.len()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: send of {} bytes failed: {e}",
+                    self.inner.label,
+                    data.len()
+                )
+            });
     }
 
     /// Reads exactly `n` bytes.
@@ -155,7 +182,13 @@ impl ControlledConn {
     /// Reads until EOF; panics on RST, error or timeout.
     pub fn read_all(&self) -> Vec<u8> {
         let (data, end) = self.read_until_end();
-        assert_eq!(end, End::Eof, "{}: read_all: expected EOF after {} bytes", self.inner.label, data.len());
+        assert_eq!(
+            end,
+            End::Eof,
+            "{}: read_all: expected EOF after {} bytes",
+            self.inner.label,
+            data.len()
+        );
         data
     }
 
@@ -173,13 +206,19 @@ impl ControlledConn {
     /// close(2): a FIN — or an RST if received data is still unread (kernel rule).
     pub fn close(&self) {
         let s = self.inner.stream.lock().unwrap().take();
-        assert!(s.is_some(), "{}: close on a closed connection", self.inner.label);
+        assert!(
+            s.is_some(),
+            "{}: close on a closed connection",
+            self.inner.label
+        );
     }
 
     /// SO_LINGER 0 + close: an RST.
     pub fn reset(&self) {
         let s = self.inner.stream.lock().unwrap().take();
-        net::reset(s.unwrap_or_else(|| panic!("{}: reset on a closed connection", self.inner.label)));
+        net::reset(
+            s.unwrap_or_else(|| panic!("{}: reset on a closed connection", self.inner.label)),
+        );
     }
 
     pub fn is_closed(&self) -> bool {

@@ -47,7 +47,7 @@ impl DataGen {
     pub fn fill(&mut self, buf: &mut [u8]) {
         let mut i = 0;
         // Leading bytes up to a word boundary.
-        while i < buf.len() && self.pos % 8 != 0 {
+        while i < buf.len() && !self.pos.is_multiple_of(8) {
             buf[i] = self.word(self.pos / 8).to_le_bytes()[(self.pos % 8) as usize];
             i += 1;
             self.pos += 1;
@@ -136,7 +136,12 @@ impl Default for Checksum {
 
 impl Checksum {
     pub fn new() -> Self {
-        Checksum { h: 0xCBF2_9CE4_8422_2325, len: 0, tail: [0; 8], tail_len: 0 }
+        Checksum {
+            h: 0xCBF2_9CE4_8422_2325,
+            len: 0,
+            tail: [0; 8],
+            tail_len: 0,
+        }
     }
 
     fn absorb(&mut self, w: u64) {
@@ -182,6 +187,9 @@ impl Checksum {
             last[..c.tail_len].copy_from_slice(&c.tail[..c.tail_len]);
             c.absorb(u64::from_le_bytes(last) ^ ((c.tail_len as u64) << 59));
         }
-        Digest { len: self.len, sum: mix64(c.h ^ self.len) }
+        Digest {
+            len: self.len,
+            sum: mix64(c.h ^ self.len),
+        }
     }
 }

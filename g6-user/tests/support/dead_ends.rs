@@ -29,16 +29,33 @@ impl NeverAccept {
         // listen(0) leaves room for one queued connection; fill until a connect times out.
         let mut fillers = Vec::new();
         loop {
-            assert!(fillers.len() < 64, "NeverAccept@{addr}: accept queue never filled");
+            assert!(
+                fillers.len() < 64,
+                "NeverAccept@{addr}: accept queue never filled"
+            );
             let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
             match s.connect_timeout(&addr.into(), Duration::from_millis(200)) {
                 Ok(()) => fillers.push(s),
-                Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    break;
+                }
                 Err(e) => panic!("NeverAccept@{addr}: filler connect failed: {e}"),
             }
         }
-        assert!(!fillers.is_empty(), "NeverAccept@{addr}: even the first connect timed out");
-        NeverAccept { addr, _listener: listener, fillers }
+        assert!(
+            !fillers.is_empty(),
+            "NeverAccept@{addr}: even the first connect timed out"
+        );
+        NeverAccept {
+            addr,
+            _listener: listener,
+            fillers,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -72,7 +89,10 @@ impl RefusedAddr {
 
     pub fn new_on(bind: &str) -> RefusedAddr {
         let sock = bound_socket(parse_loopback(bind), false, None);
-        RefusedAddr { addr: local_addr(&sock), _sock: sock }
+        RefusedAddr {
+            addr: local_addr(&sock),
+            _sock: sock,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

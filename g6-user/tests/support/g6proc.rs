@@ -9,8 +9,8 @@
 //! The harness binds every listen socket itself (race-free ports), writes the real address
 //! into the config and passes the descriptors in `G6_LISTEN_SOCKFDS` (SPEC §3), which g6
 //! adopts. `start` also passes `G6_READY_FD` and waits for g6's ready byte (SPEC §3: written
-//! once the worker runs), so a g6 that dies during start-up fails the test at once with its
-//! stderr and log.
+//! once the worker runs; until g6 writes it, its INFO "started" log line counts), so a g6
+//! that dies during start-up fails the test at once with its stderr and log.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -42,7 +42,11 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The data paths to parametrise over: `G6_TEST_PATHS` (comma list) or all three.
 pub fn data_paths() -> Vec<String> {
     match std::env::var("G6_TEST_PATHS") {
-        Ok(v) if !v.trim().is_empty() => v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
         _ => ["copy", "splice", "sockmap"].map(String::from).to_vec(),
     }
 }
@@ -60,8 +64,12 @@ impl PreBound {
     pub fn tcp(addr: &str) -> PreBound {
         let a = parse_loopback(addr);
         let sock = bound_socket(a, true, None);
-        sock.listen(1024).unwrap_or_else(|e| panic!("listen on {a}: {e}"));
-        PreBound { addr: local_addr(&sock), sock: Mutex::new(Some(sock)) }
+        sock.listen(1024)
+            .unwrap_or_else(|e| panic!("listen on {a}: {e}"));
+        PreBound {
+            addr: local_addr(&sock),
+            sock: Mutex::new(Some(sock)),
+        }
     }
 
     /// The bound address (`Display` gives the same text, config syntax: `[::1]:port`).
@@ -107,15 +115,27 @@ impl G6Proc {
 
     /// A fresh directory holding `g6.conf` = `conf`.
     pub fn conf_dir(conf: &str) -> TempDir {
-        let dir = tempfile::Builder::new().prefix("g6test.").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("g6test.")
+            .tempdir()
+            .expect("temp dir");
         fs::write(dir.path().join("g6.conf"), conf).expect("write g6.conf");
         dir
     }
 
     /// `-f <dir>/g6.conf --no-daemon --log-filename <dir>/g6.log --log-level DEBUG <extra>`.
     pub fn standard_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec!["-f".into(), dir.join("g6.conf").into(), "--no-daemon".into()];
-        v.extend(["--log-filename".into(), dir.join("g6.log").into(), "--log-level".into(), "DEBUG".into()]);
+        let mut v: Vec<OsString> = vec![
+            "-f".into(),
+            dir.join("g6.conf").into(),
+            "--no-daemon".into(),
+        ];
+        v.extend([
+            "--log-filename".into(),
+            dir.join("g6.log").into(),
+            "--log-level".into(),
+            "DEBUG".into(),
+        ]);
         v.extend(extra.iter().map(OsString::from));
         v
     }
@@ -137,8 +157,17 @@ impl G6Proc {
 
     /// Launches `program args` in `dir` (stdin null, stdout/stderr to `dir`/stdout, stderr),
     /// in its own process group, with `listeners` in `G6_LISTEN_SOCKFDS` and, if
-    /// `wait_ready`, a pipe in `G6_READY_FD` whose byte it waits for.
-    pub fn launch(program: &Path, args: &[OsString], dir: TempDir, listeners: &[&PreBound], wait_ready: bool) -> G6Proc {
+    /// `wait_ready`, a pipe in `G6_READY_FD` whose byte it waits for (or, as a fallback
+    /// while g6 does not write it, g6's INFO "started" log line).
+    /// The child gets PR_SET_PDEATHSIG(SIGKILL), which fires when the *thread* that
+    /// launched it exits: keep a `G6Proc` on the thread that created it.
+    pub fn launch(
+        program: &Path,
+        args: &[OsString],
+        dir: TempDir,
+        listeners: &[&PreBound],
+        wait_ready: bool,
+    ) -> G6Proc {
         let path = dir.path().to_path_buf();
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -150,7 +179,10 @@ impl G6Proc {
             .process_group(0);
         let mut inherit: Vec<RawFd> = listeners
             .iter()
-            .map(|l| l.fd().unwrap_or_else(|| panic!("PreBound {l} was already handed to a process")))
+            .map(|l| {
+                l.fd()
+                    .unwrap_or_else(|| panic!("PreBound {l} was already handed to a process"))
+            })
             .collect();
         if !inherit.is_empty() {
             let list: String = inherit.iter().map(|fd| format!("{fd}|")).collect();
@@ -172,18 +204,27 @@ impl G6Proc {
                     }
                 }
                 // If the spawning test thread dies, so does the child (never an orphan).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 || libc::getppid() != parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1
+                    || libc::getppid() != parent
+                {
                     return Err(io::Error::other("parent gone"));
                 }
                 Ok(())
             });
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         // exec succeeded: the child has its copies now.
         for l in listeners {
             l.hand_over();
         }
-        let g = G6Proc { pid: child.id() as i32, child: Mutex::new(child), dir: Some(dir), path };
+        let g = G6Proc {
+            pid: child.id() as i32,
+            child: Mutex::new(child),
+            dir: Some(dir),
+            path,
+        };
         if let Some((r, w)) = ready {
             drop(w);
             g.wait_ready(r);
@@ -203,7 +244,10 @@ impl G6Proc {
                         if let Some(st) = self.wait_exit(Duration::from_secs(2)) {
                             panic!("g6 exited during start-up ({st}) {}", self.diagnostics());
                         }
-                        eprintln!("warning: g6 pid {} closed G6_READY_FD without a byte; assuming started", self.pid);
+                        eprintln!(
+                            "warning: g6 pid {} closed G6_READY_FD without a byte; assuming started",
+                            self.pid
+                        );
                         return;
                     }
                 }
@@ -211,10 +255,25 @@ impl G6Proc {
             if let Some(st) = self.exit_status() {
                 panic!("g6 exited during start-up ({st}) {}", self.diagnostics());
             }
+            if self.logged_started() {
+                return;
+            }
             if Instant::now() >= deadline {
-                panic!("g6 did not write its ready byte to G6_READY_FD within {START_TIMEOUT:?} (SPEC §3) {}", self.diagnostics());
+                panic!(
+                    "g6 did not write its ready byte to G6_READY_FD within {START_TIMEOUT:?} (SPEC §3) {}",
+                    self.diagnostics()
+                );
             }
         }
+    }
+
+    /// Fallback readiness signal while g6 does not write `G6_READY_FD` yet: its INFO
+    /// start-up line (`| INFO  | <pid>:<tid> | G6 v… started: …`).
+    fn logged_started(&self) -> bool {
+        let tag = format!("| INFO  | {}:", self.pid);
+        self.log_contents()
+            .lines()
+            .any(|l| l.contains(&tag) && l.contains(" started"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -259,13 +318,17 @@ impl G6Proc {
     /// Waits until `pred(log text)` holds; panics with the diagnostics otherwise.
     pub fn expect_log(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
         if !self.wait_log(pred, timeout) {
-            panic!("g6 log: expected {what} within {timeout:?} {}", self.diagnostics());
+            panic!(
+                "g6 log: expected {what} within {timeout:?} {}",
+                self.diagnostics()
+            );
         }
     }
 
     /// Sends `sig` to the monitor (safe after exit: the PID stays ours until Drop reaps it).
     pub fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
+        kill(Pid::from_raw(self.pid), sig)
+            .unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid));
     }
 
     /// The exit status if the monitor has exited (it is not reaped until Drop).
@@ -333,7 +396,10 @@ impl G6Proc {
     /// Runs `g6 <args>` to completion (bounded by `RUN_TIMEOUT`): (exit code, stdout, stderr).
     /// Panics if it is killed by a signal or times out.
     pub fn run(args: &[&OsStr]) -> (i32, String, String) {
-        let dir = tempfile::Builder::new().prefix("g6run.").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("g6run.")
+            .tempdir()
+            .expect("temp dir");
         let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
         let mut child = Command::new(G6_BIN)
             .args(args)
@@ -351,9 +417,13 @@ impl G6Proc {
             let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
-            panic!("g6 {args:?} did not exit within {RUN_TIMEOUT:?}\nstdout: {stdout}\nstderr: {stderr}");
+            panic!(
+                "g6 {args:?} did not exit within {RUN_TIMEOUT:?}\nstdout: {stdout}\nstderr: {stderr}"
+            );
         };
-        let code = status.code().unwrap_or_else(|| panic!("g6 {args:?} died: {status}\nstdout: {stdout}\nstderr: {stderr}"));
+        let code = status.code().unwrap_or_else(|| {
+            panic!("g6 {args:?} died: {status}\nstdout: {stdout}\nstderr: {stderr}")
+        });
         (code, stdout, stderr)
     }
 
@@ -380,21 +450,33 @@ impl Drop for G6Proc {
 }
 
 fn read_lossy(p: &Path) -> String {
-    fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    fs::read(p)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn fd_count_of(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// (pid, ppid) of every process visible in /proc.
 fn proc_ppids() -> Vec<(i32, i32)> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| {
         let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // "pid (comm) state ppid …": comm may contain spaces and parentheses.
-        let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let ppid = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         Some((pid, ppid))
     })
     .collect()

@@ -52,8 +52,13 @@ impl fmt::Display for End {
 
 /// Parses "127.0.0.1:0" / "[::1]:0", panicking on anything that is not loopback.
 pub fn parse_loopback(addr: &str) -> SocketAddr {
-    let a: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad socket address {addr:?}: {e}"));
-    assert!(a.ip().is_loopback(), "tests use loopback addresses only, got {a}");
+    let a: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("bad socket address {addr:?}: {e}"));
+    assert!(
+        a.ip().is_loopback(),
+        "tests use loopback addresses only, got {a}"
+    );
     a
 }
 
@@ -70,19 +75,24 @@ pub fn bound_socket(addr: SocketAddr, reuse: bool, rcvbuf: Option<usize>) -> Soc
     if let Some(n) = rcvbuf {
         s.set_recv_buffer_size(n).expect("SO_RCVBUF");
     }
-    s.bind(&addr.into()).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     s
 }
 
 /// A listening std listener on `addr` (port 0 = any free port).
 pub fn listen(addr: SocketAddr, backlog: i32, rcvbuf: Option<usize>) -> TcpListener {
     let s = bound_socket(addr, false, rcvbuf);
-    s.listen(backlog).unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
+    s.listen(backlog)
+        .unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
     s.into()
 }
 
 pub fn local_addr(s: &Socket) -> SocketAddr {
-    s.local_addr().expect("getsockname").as_socket().expect("inet address")
+    s.local_addr()
+        .expect("getsockname")
+        .as_socket()
+        .expect("inet address")
 }
 
 /// Sets SO_RCVTIMEO and SO_SNDTIMEO (nothing blocks forever).
@@ -93,7 +103,9 @@ pub fn set_timeouts(s: &TcpStream, t: Duration) {
 
 /// SO_LINGER 0 then close: the peer gets an RST.
 pub fn reset(s: TcpStream) {
-    SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+    SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
     drop(s);
 }
 
@@ -115,13 +127,22 @@ pub fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, End) {
 
 /// poll(2) for readability on `fds`; returns which are readable (or hung up).
 pub fn poll_readable(fds: &[RawFd], timeout: Option<Duration>) -> Vec<bool> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let ms = match deadline {
             None => -1,
-            Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
         };
         // SAFETY: `pfds` is a valid, exclusively borrowed array of `pfds.len()` pollfd.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
@@ -143,7 +164,10 @@ pub struct Stopper {
 impl Stopper {
     pub fn new() -> Stopper {
         let (rd, wr) = io::pipe().expect("pipe");
-        Stopper { rd, wr: Mutex::new(Some(wr)) }
+        Stopper {
+            rd,
+            wr: Mutex::new(Some(wr)),
+        }
     }
 
     pub fn stop(&self) {
