@@ -4,24 +4,16 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 
 use crate::cli::{self, DataPathChoice, EXIT_CONFIG, EXIT_USAGE, Invocation, Options};
 use crate::config::{self, Config};
-use crate::isolation::Now;
-use crate::limits::SlotPool;
+use crate::lifecycle::monitor::{self, Monitor};
+use crate::lifecycle::worker::WorkerSetup;
 use crate::listeners::{self, LISTEN_FDS_ENV};
 use crate::logging::{self, LogSink};
-use crate::proxy::registry::ListenerInfo;
 use crate::proxy::relay::DataPath;
-use crate::proxy::{self, Shared};
-use crate::runtime::Runtime;
 use crate::selftest;
 
 /// Runs `g6` with argv (without the program name); returns the exit status.
@@ -152,11 +144,6 @@ fn daemonize() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_pid_file(path: &Path) -> anyhow::Result<()> {
-    std::fs::write(path, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write pid file {}", path.display()))
-}
-
 fn remove_pid_file_if_ours(path: &Path) {
     if let Ok(text) = std::fs::read_to_string(path)
         && text.trim() == std::process::id().to_string()
@@ -166,7 +153,7 @@ fn remove_pid_file_if_ours(path: &Path) {
 }
 
 /// Pins relay thread i to allowed CPU i+1 (wrapping) and other threads to the first allowed CPU.
-fn pin_current_thread(index: Option<usize>) {
+pub fn pin_current_thread(index: Option<usize>) {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     use nix::unistd::Pid;
     let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
@@ -189,6 +176,10 @@ fn pin_current_thread(index: Option<usize>) {
 }
 
 fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> {
+    // The program file we run from, resolved now so that USR2 picks up an in-place upgrade.
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/proc/self/exe".into());
+    let conf_text = std::fs::read(&opts.config)
+        .with_context(|| format!("{}: error: cannot open", opts.config.display()))?;
     let wanted: Vec<SocketAddr> = cfg.listeners().map(|(_, _, l)| l.addr).collect();
     let inherited = std::env::var(LISTEN_FDS_ENV).ok();
     let ready_fd = ready_fd_from_env();
@@ -210,25 +201,17 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
     if !opts.no_daemon {
         daemonize()?;
     }
-    if let Some(p) = &opts.pid_file {
-        write_pid_file(p)?;
-    }
+    // Signals are blocked before the worker exists, so none is lost in between; the monitor
+    // reads them through a signalfd, the worker unblocks and ignores them.
+    monitor::handled_signals()
+        .thread_block()
+        .context("cannot block signals")?;
+    // SIGPIPE is ignored everywhere: a peer gone mid-write is an error return, not a death.
+    // SAFETY: setting a disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let threads = opts.threads.unwrap_or_else(default_threads);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder
-        .worker_threads(threads)
-        .enable_all()
-        .thread_name("g6-relay");
-    if opts.set_cpu_affinity {
-        let next = Arc::new(AtomicUsize::new(0));
-        builder.on_thread_start(move || {
-            pin_current_thread(Some(next.fetch_add(1, Ordering::Relaxed)));
-        });
-        pin_current_thread(None);
-    }
-    let rt = builder.build().context("cannot start the runtime")?;
     tracing::info!(
-        "G6 v{} started: pid {}, {} rules, {} listen addresses, {} relay threads, data path {}",
+        "G6 v{} started: monitor pid {}, {} rules, {} listen addresses, {} relay threads, data path {}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         cfg.rules.len(),
@@ -236,50 +219,31 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
         threads,
         data_path.as_str()
     );
-    let result = rt.block_on(serve_async(cfg, sockets, data_path, opts.sessions, ready_fd));
+    let m = Monitor {
+        exe,
+        argv: std::env::args_os().skip(1).collect(),
+        conf_path: opts.config.clone(),
+        conf_text,
+        listeners: wanted.iter().copied().zip(sockets).collect(),
+        cfg,
+        setup: WorkerSetup {
+            conf_label: opts.config.display().to_string(),
+            threads,
+            set_cpu_affinity: opts.set_cpu_affinity,
+            data_path,
+            sessions: opts.sessions,
+        },
+        pid_file: opts.pid_file.clone(),
+    };
+    let code = monitor::run(m, ready_fd);
     if let Some(p) = &opts.pid_file {
         remove_pid_file_if_ours(p);
     }
-    // Sessions still running at exit (INT) are dropped with the runtime.
-    rt.shutdown_timeout(Duration::from_millis(100));
-    result
-}
-
-async fn serve_async(
-    cfg: Config,
-    sockets: Vec<std::net::TcpListener>,
-    data_path: DataPath,
-    sessions: Option<u64>,
-    ready_fd: Option<std::fs::File>,
-) -> anyhow::Result<()> {
-    let cfg = Arc::new(cfg);
-    let slots = SlotPool::new(sessions);
-    let mut listener_slots = Vec::new();
-    let shared = Shared::new(Runtime::new(cfg.clone()), slots.clone(), data_path);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    for ((ri, _, entry), socket) in cfg.listeners().zip(sockets) {
-        match slots.try_acquire(1) {
-            Some(p) => listener_slots.push(p),
-            None => tracing::warn!("-s leaves no slot for listener {}", entry.addr),
-        }
-        let info = Arc::new(ListenerInfo {
-            rule_id: cfg.rules[ri].id.clone(),
-            addr: entry.addr,
-            fd: std::os::fd::AsRawFd::as_raw_fd(&socket),
-        });
-        shared.add_listener(info.clone());
-        let listener = tokio::net::TcpListener::from_std(socket)
-            .with_context(|| format!("cannot listen on {}", entry.addr))?;
-        tokio::spawn(proxy::accept_loop(
-            shared.clone(),
-            listener,
-            info,
-            stop_rx.clone(),
-        ));
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("stopped with status {code}"))
     }
-    tokio::spawn(isolation_timer(shared.clone()));
-    signal_ready(ready_fd);
-    wait_for_stop(&shared, stop_tx).await
 }
 
 /// `G6_READY_FD`: the write end of a pipe from whoever started us (a USR2 predecessor, or a
@@ -297,68 +261,4 @@ fn ready_fd_from_env() -> Option<std::fs::File> {
     // SAFETY: fcntl on a descriptor we now own.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     Some(file)
-}
-
-/// Tells whoever started us that we serve: one byte, then close (SPEC.md §3).
-fn signal_ready(ready: Option<std::fs::File>) {
-    if let Some(mut f) = ready {
-        use std::io::Write;
-        if let Err(e) = f.write_all(b"1") {
-            tracing::warn!("G6_READY_FD: {e}");
-        }
-    }
-}
-
-/// Logs server state transitions when they happen (availability itself is computed exactly
-/// on every decision; this only makes the log timely).
-async fn isolation_timer(shared: Arc<Shared>) {
-    loop {
-        let rt = shared.runtime();
-        for (rule, server, state) in rt.advance_isolation(Now::now()) {
-            tracing::warn!("rule {rule}: server {server} is now {state}");
-        }
-        let next = rt
-            .next_isolation_deadline()
-            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(1));
-        let cap = std::time::Instant::now() + Duration::from_millis(100);
-        tokio::time::sleep_until(next.min(cap).into()).await;
-    }
-}
-
-async fn wait_for_stop(shared: &Shared, stop_tx: watch::Sender<bool>) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {
-                if draining {
-                    tracing::info!("second TERM: stopping now");
-                    return Ok(());
-                }
-                tracing::info!("TERM: listeners closed, waiting for {} sessions", shared.registry.proxied());
-                draining = true;
-                let _ = stop_tx.send(true);
-            }
-            _ = int.recv() => {
-                tracing::info!("INT: stopping now");
-                return Ok(());
-            }
-            _ = usr1.recv() => {
-                if let Some(sink) = logging::sink() {
-                    sink.reopen();
-                }
-                tracing::info!("USR1: log file reopened");
-            }
-            _ = usr2.recv() => tracing::warn!("USR2: seamless restart is not available in this build; ignored"),
-            _ = hup.recv() => tracing::warn!("HUP: reload is not available in this build; ignored"),
-            _ = shared.registry.wait_no_proxied(), if draining => {
-                tracing::info!("TERM: all sessions done, exiting");
-                return Ok(());
-            }
-        }
-    }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod fastpath;
 pub mod isolation;
+pub mod lifecycle;
 pub mod limits;
 pub mod listeners;
 pub mod logging;

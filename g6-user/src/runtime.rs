@@ -27,13 +27,11 @@ pub struct RuleCounters {
     pub bytes_out: AtomicU64,
 }
 
+/// State of a server entry that survives reloads while the entry is kept (SPEC.md §3 HUP):
+/// isolation, counters and response time. Sessions of every generation update the same one.
 #[derive(Debug)]
-pub struct ServerRuntime {
-    pub entry: ServerEntry,
-    /// `ip:port` as `show rules` prints it (also the HS hash input).
-    pub text: String,
+pub struct ServerState {
     pub isolation: Mutex<Isolation>,
-    pub limits: Arc<LimitTracker>,
     pub total: AtomicU64,
     pub failures: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -41,17 +39,53 @@ pub struct ServerRuntime {
     rt_us: Mutex<Option<u64>>,
 }
 
+#[derive(Debug)]
+pub struct ServerRuntime {
+    pub entry: ServerEntry,
+    /// `ip:port` as `show rules` prints it (also the HS hash input).
+    pub text: String,
+    pub limits: Arc<LimitTracker>,
+    state: Arc<ServerState>,
+}
+
+impl std::ops::Deref for ServerRuntime {
+    type Target = ServerState;
+    fn deref(&self) -> &ServerState {
+        &self.state
+    }
+}
+
 impl ServerRuntime {
     fn new(entry: &ServerEntry) -> Self {
         ServerRuntime {
             text: fmt_addr(&entry.addr),
-            isolation: Mutex::new(Isolation::loaded(entry.heartbeat)),
             limits: LimitTracker::new(entry.limits),
-            total: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            rt_us: Mutex::new(None),
+            state: Arc::new(ServerState {
+                isolation: Mutex::new(Isolation::loaded(entry.heartbeat)),
+                total: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                rt_us: Mutex::new(None),
+            }),
+            entry: entry.clone(),
+        }
+    }
+
+    /// The entry in a reloaded config: same state; same limit counts if the limits are
+    /// unchanged; a fresh isolation state if its heartbeat period changed.
+    fn reloaded(old: &ServerRuntime, entry: &ServerEntry) -> Self {
+        if old.entry.heartbeat != entry.heartbeat {
+            *lock(&old.state.isolation) = Isolation::loaded(entry.heartbeat);
+        }
+        ServerRuntime {
+            text: old.text.clone(),
+            limits: if old.entry.limits == entry.limits {
+                old.limits.clone()
+            } else {
+                LimitTracker::new(entry.limits)
+            },
+            state: old.state.clone(),
             entry: entry.clone(),
         }
     }
@@ -89,11 +123,11 @@ impl ServerRuntime {
 #[derive(Debug)]
 pub struct RuleRuntime {
     pub index: usize,
-    pub selector: Mutex<Selector>,
+    pub selector: Arc<Mutex<Selector>>,
     pub clients: Vec<Arc<LimitTracker>>,
     pub servers: Vec<Arc<ServerRuntime>>,
     pub server_texts: Vec<String>,
-    pub counters: RuleCounters,
+    pub counters: Arc<RuleCounters>,
 }
 
 /// A server chosen for one connect attempt, with its limit permit already held.
@@ -112,7 +146,7 @@ impl RuleRuntime {
             .collect();
         RuleRuntime {
             index,
-            selector: Mutex::new(Selector::new(rule.alg)),
+            selector: Arc::new(Mutex::new(Selector::new(rule.alg))),
             clients: rule
                 .clients
                 .iter()
@@ -120,7 +154,65 @@ impl RuleRuntime {
                 .collect(),
             server_texts: servers.iter().map(|s| s.text.clone()).collect(),
             servers,
-            counters: RuleCounters::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The rule in a reloaded config, keeping what matches (SPEC.md §3 HUP): the rotation
+    /// pointer and counters if the rule id is kept (and the algorithm too, for the pointer),
+    /// server entries by address (n-th occurrence), client entries by pattern (n-th occurrence).
+    fn reloaded(index: usize, old_rule: &Rule, old: &RuleRuntime, rule: &Rule) -> Self {
+        let servers: Vec<_> = rule
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let nth = rule.servers[..i]
+                    .iter()
+                    .filter(|o| o.addr == s.addr)
+                    .count();
+                let kept = old_rule
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.addr == s.addr)
+                    .nth(nth);
+                Arc::new(match kept {
+                    Some((oi, _)) => ServerRuntime::reloaded(&old.servers[oi], s),
+                    None => ServerRuntime::new(s),
+                })
+            })
+            .collect();
+        let clients = rule
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let same = |o: &&crate::config::ClientEntry| o.pattern.text == c.pattern.text;
+                let nth = rule.clients[..i].iter().filter(same).count();
+                let kept = old_rule
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| same(o))
+                    .nth(nth);
+                match kept {
+                    Some((oi, o)) if o.limits == c.limits => old.clients[oi].clone(),
+                    _ => LimitTracker::new(c.limits),
+                }
+            })
+            .collect();
+        RuleRuntime {
+            index,
+            selector: if old_rule.alg == rule.alg {
+                old.selector.clone()
+            } else {
+                Arc::new(Mutex::new(Selector::new(rule.alg)))
+            },
+            clients,
+            server_texts: servers.iter().map(|s| s.text.clone()).collect(),
+            servers,
+            counters: old.counters.clone(),
         }
     }
 
@@ -169,6 +261,26 @@ impl Runtime {
             .enumerate()
             .map(|(i, r)| RuleRuntime::new(i, r))
             .collect();
+        Self::assemble(config, rules)
+    }
+
+    /// The runtime for a reloaded config, keeping the state of kept rules and entries.
+    pub fn reloaded(old: &Runtime, config: Arc<Config>) -> Self {
+        let rules = config
+            .rules
+            .iter()
+            .enumerate()
+            .map(
+                |(i, r)| match old.config.rules.iter().position(|o| o.id == r.id) {
+                    Some(oi) => RuleRuntime::reloaded(i, &old.config.rules[oi], &old.rules[oi], r),
+                    None => RuleRuntime::new(i, r),
+                },
+            )
+            .collect();
+        Self::assemble(config, rules)
+    }
+
+    fn assemble(config: Arc<Config>, rules: Vec<RuleRuntime>) -> Self {
         let by_listen = config
             .listeners()
             .map(|(ri, li, l)| (l.addr, (ri, li)))

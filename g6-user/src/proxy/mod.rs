@@ -69,6 +69,21 @@ impl Shared {
     pub fn remove_listener(&self, addr: SocketAddr) {
         lock(&self.listeners).retain(|l| l.addr != addr);
     }
+
+    /// Installs a reloaded runtime; sessions in flight keep the one they started with.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Lists listeners in config order again after a reload (for `show sessions`).
+    pub fn reorder_listeners(&self, cfg: &crate::config::Config) {
+        let mut ls = lock(&self.listeners);
+        ls.sort_by_key(|l| {
+            cfg.listeners()
+                .position(|(_, _, e)| e.addr == l.addr)
+                .unwrap_or(usize::MAX)
+        });
+    }
 }
 
 /// Refuses a client without data, logging the access line (SPEC.md §5.1).

@@ -1,0 +1,377 @@
+//! The monitor process (SPEC.md §3): single-threaded, it owns the listening sockets, acts on
+//! every signal, runs one worker (forked, so it inherits the sockets) and restarts it if it
+//! dies, hands the sockets to a USR2 successor, and validates HUP reloads before the worker
+//! applies them. See LIFECYCLE.md.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::control::{self, Message};
+use super::worker::{self, WorkerSetup};
+use crate::config::{self, Config};
+use crate::listeners::{self, LISTEN_FDS_ENV};
+
+/// Signals the monitor handles; blocked in the monitor and read through a signalfd.
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// What a worker needs besides config and sockets; kept for restarts.
+pub struct Monitor {
+    pub exe: PathBuf,
+    pub argv: Vec<OsString>,
+    pub conf_path: PathBuf,
+    pub conf_text: Vec<u8>,
+    pub cfg: Config,
+    pub listeners: Vec<(SocketAddr, TcpListener)>,
+    pub setup: WorkerSetup,
+    pub pid_file: Option<PathBuf>,
+}
+
+struct Running {
+    pid: Pid,
+    control: OwnedFd,
+}
+
+struct Successor {
+    pid: Pid,
+    ready: OwnedFd,
+    status: Option<WaitStatus>,
+}
+
+/// Runs the monitor until the process should exit; returns the exit status. `ready` is the
+/// `G6_READY_FD` pipe of a USR2 predecessor, written once our worker runs.
+pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
+    let signals = handled_signals();
+    let sfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("monitor: signalfd: {e}");
+            return 1;
+        }
+    };
+    let mut worker = match spawn_worker(&m) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!("monitor: cannot start the worker: {e}");
+            return 1;
+        }
+    };
+    if let Some(p) = &m.pid_file
+        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
+    {
+        tracing::error!("cannot write pid file {}: {e}", p.display());
+        eprintln!("cannot write pid file {}: {e}", p.display());
+        stop_worker(&worker);
+        return 1;
+    }
+    if let Some(mut f) = ready {
+        use std::io::Write;
+        if let Err(e) = f.write_all(b"1") {
+            tracing::warn!("G6_READY_FD: {e}");
+        }
+    }
+    let mut restart_at: Option<Instant> = None;
+    let mut successor: Option<Successor> = None;
+    let mut draining = false;
+    loop {
+        let timeout = restart_at.map_or(PollTimeout::NONE, |t| {
+            let ms = t.saturating_duration_since(Instant::now()).as_millis();
+            PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::ZERO)
+        });
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(s) = &successor {
+            fds.push(PollFd::new(s.ready.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("monitor: poll: {e}");
+                return 1;
+            }
+        }
+        let signal_ready = fds[0].any().unwrap_or(false);
+        let successor_ready = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        drop(fds);
+
+        if successor_ready && let Some(s) = successor.take() {
+            if successor_signalled(&s) {
+                tracing::info!(
+                    "USR2: successor {} is serving; this generation stops accepting and drains",
+                    s.pid
+                );
+                m.listeners.clear();
+                draining = true;
+                if let Some(w) = &worker {
+                    let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
+                }
+            } else {
+                let how = s
+                    .status
+                    .or_else(|| waitpid(s.pid, Some(WaitPidFlag::WNOHANG)).ok())
+                    .map_or("no status yet".to_string(), |st| format!("{st:?}"));
+                tracing::error!(
+                    "USR2: successor {} failed before serving ({how}); still serving",
+                    s.pid
+                );
+            }
+        }
+
+        if restart_at.is_some_and(|t| Instant::now() >= t) && !draining {
+            restart_at = None;
+            match spawn_worker(&m) {
+                Ok(w) => {
+                    tracing::info!("monitor: worker {} started", w.pid);
+                    worker = Some(w);
+                }
+                Err(e) => {
+                    tracing::error!("monitor: cannot restart the worker: {e}; retrying in 1 s");
+                    restart_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+
+        if !signal_ready {
+            continue;
+        }
+        let Ok(Some(info)) = sfd.read_signal() else {
+            continue;
+        };
+        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+            continue;
+        };
+        match sig {
+            Signal::SIGTERM if draining => {
+                tracing::info!("second TERM: stopping now");
+                stop_worker(&worker);
+                return 0;
+            }
+            Signal::SIGTERM => {
+                tracing::info!("TERM: listeners closed; waiting for sessions to finish");
+                m.listeners.clear();
+                draining = true;
+                restart_at = None;
+                match &worker {
+                    Some(w) => {
+                        let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
+                    }
+                    None => return 0,
+                }
+            }
+            Signal::SIGINT => {
+                tracing::info!("INT: stopping now");
+                stop_worker(&worker);
+                return 0;
+            }
+            Signal::SIGUSR1 => {
+                if let Some(sink) = crate::logging::sink() {
+                    sink.reopen();
+                }
+                tracing::info!("USR1: log file reopened");
+                if let Some(w) = &worker {
+                    let _ = control::send(w.control.as_raw_fd(), &Message::ReopenLog, &[]);
+                }
+            }
+            Signal::SIGUSR2 if successor.is_some() || draining => {
+                tracing::warn!("USR2 ignored: a restart or stop is already in progress");
+            }
+            Signal::SIGUSR2 => match spawn_successor(&m) {
+                Ok(s) => {
+                    tracing::info!("USR2: started successor {}", s.pid);
+                    successor = Some(s);
+                }
+                Err(e) => tracing::error!("USR2: cannot start a successor: {e}; still serving"),
+            },
+            Signal::SIGHUP if draining => tracing::warn!("HUP ignored while stopping"),
+            Signal::SIGHUP => reload(&mut m, &worker),
+            Signal::SIGCHLD => {
+                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    let Some(pid) = status.pid() else { break };
+                    if worker.as_ref().is_some_and(|w| w.pid == pid) {
+                        worker = None;
+                        if draining {
+                            tracing::info!("worker {pid} finished; exiting");
+                            return 0;
+                        }
+                        tracing::error!(
+                            "worker {pid} died ({}); restarting it in 1 s",
+                            describe(&status)
+                        );
+                        restart_at = Some(Instant::now() + Duration::from_secs(1));
+                    } else if let Some(s) = successor.as_mut().filter(|s| s.pid == pid) {
+                        // A daemonising successor's launcher exits 0 at once; the ready pipe,
+                        // not this status, says whether the successor serves.
+                        s.status = Some(status);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn describe(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!(
+                "killed by {sig}{}",
+                if *core { ", core dumped" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn stop_worker(worker: &Option<Running>) {
+    if let Some(w) = worker {
+        let _ = control::send(w.control.as_raw_fd(), &Message::Stop, &[]);
+    }
+}
+
+/// True if the successor wrote its ready byte (EOF without it = failure).
+fn successor_signalled(s: &Successor) -> bool {
+    let mut b = [0u8; 1];
+    matches!(nix::unistd::read(&s.ready, &mut b), Ok(1))
+}
+
+fn spawn_worker(m: &Monitor) -> std::io::Result<Running> {
+    let (mine, theirs) = control::pair()?;
+    let fds: Vec<RawFd> = m.listeners.iter().map(|(_, l)| l.as_raw_fd()).collect();
+    // SAFETY: the monitor is single-threaded (no runtime, no threads), so fork is safe; the
+    // child only runs the worker and exits.
+    match unsafe { fork() }.map_err(std::io::Error::from)? {
+        ForkResult::Parent { child } => Ok(Running {
+            pid: child,
+            control: mine,
+        }),
+        ForkResult::Child => {
+            drop(mine);
+            let code = worker::run_child(&m.cfg, &m.conf_text, &fds, theirs, &m.setup);
+            // Skip the monitor's destructors (its listeners, pid file) in this process.
+            // SAFETY: terminating the forked child.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// Starts the successor for USR2: the program file we started from, with the original argv,
+/// the listening sockets in `G6_LISTEN_SOCKFDS` and a ready pipe in `G6_READY_FD`.
+fn spawn_successor(m: &Monitor) -> std::io::Result<Successor> {
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let mut inherit: Vec<RawFd> = m.listeners.iter().map(|(_, l)| l.as_raw_fd()).collect();
+    let list: String = inherit.iter().map(|fd| format!("{fd}|")).collect();
+    let env_fds = format!("{}|{list}", inherit.len());
+    inherit.push(ready_w.as_raw_fd());
+    let exe = if m.exe.exists() {
+        m.exe.clone()
+    } else {
+        PathBuf::from("/proc/self/exe")
+    };
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(&m.argv)
+        .env(LISTEN_FDS_ENV, env_fds)
+        .env("G6_READY_FD", ready_w.as_raw_fd().to_string());
+    // SAFETY: only async-signal-safe calls (fcntl, sigprocmask) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &inherit {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(ready_w);
+    Ok(Successor {
+        pid: Pid::from_raw(child.id() as i32),
+        ready: ready_r,
+        status: None,
+    })
+}
+
+/// HUP: validate the new config and bind its new listeners here, so a bad config or an
+/// unbindable address changes nothing; then hand both to the worker.
+fn reload(m: &mut Monitor, worker: &Option<Running>) {
+    let label = m.conf_path.display().to_string();
+    let text = match std::fs::read(&m.conf_path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("HUP: {label}: error: cannot open: {e}; keeping the running config");
+            return;
+        }
+    };
+    let cfg = match config::parse(&label, &text) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("HUP: {e}; keeping the running config");
+            return;
+        }
+    };
+    let wanted: Vec<SocketAddr> = cfg.listeners().map(|(_, _, l)| l.addr).collect();
+    let mut added = Vec::new();
+    for addr in &wanted {
+        if !m.listeners.iter().any(|(a, _)| a == addr) {
+            match listeners::bind(*addr) {
+                Ok(l) => added.push((*addr, l)),
+                Err(e) => {
+                    tracing::error!("HUP: {label}: error: {e}; keeping the running config");
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(w) = worker {
+        let fds: Vec<RawFd> = added.iter().map(|(_, l)| l.as_raw_fd()).collect();
+        if let Err(e) = control::send(w.control.as_raw_fd(), &Message::Reload(text.clone()), &fds) {
+            tracing::error!("HUP: cannot reach the worker: {e}; keeping the running config");
+            return;
+        }
+    }
+    for w in &cfg.warnings {
+        tracing::warn!("{}", config::format_warning(&label, w));
+    }
+    // Keep the sockets in config order; removed ones close here (the worker closes its copies).
+    let mut old = std::mem::take(&mut m.listeners);
+    old.extend(added);
+    m.listeners = wanted
+        .iter()
+        .filter_map(|addr| {
+            let i = old.iter().position(|(a, _)| a == addr)?;
+            Some(old.swap_remove(i))
+        })
+        .collect();
+    tracing::info!(
+        "HUP: reloaded {label}: {} rules, {} listen addresses",
+        cfg.rules.len(),
+        wanted.len()
+    );
+    m.cfg = cfg;
+    m.conf_text = text;
+}

@@ -1,0 +1,289 @@
+//! The worker process: all networking. It ignores the signals the monitor handles and obeys
+//! the monitor's control messages instead; it exits at once if the monitor disappears.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use super::control::{self, Message};
+use crate::config::{self, Config};
+use crate::isolation::Now;
+use crate::limits::{SlotPermit, SlotPool};
+use crate::proxy::registry::ListenerInfo;
+use crate::proxy::relay::DataPath;
+use crate::proxy::{self, Shared};
+use crate::runtime::Runtime;
+
+/// Settings a worker is started with (fixed for the monitor's life).
+#[derive(Debug, Clone)]
+pub struct WorkerSetup {
+    pub conf_label: String,
+    pub threads: usize,
+    pub set_cpu_affinity: bool,
+    pub data_path: DataPath,
+    pub sessions: Option<u64>,
+}
+
+/// Entry point in the forked child; returns the exit status.
+pub fn run_child(
+    cfg: &Config,
+    _conf_text: &[u8],
+    listener_fds: &[RawFd],
+    control_fd: OwnedFd,
+    setup: &WorkerSetup,
+) -> i32 {
+    // SAFETY: prctl/getppid/signal are plain syscalls in a single-threaded child.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The monitor may have died between fork and prctl.
+        if libc::getppid() == 1 {
+            return 1;
+        }
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGHUP,
+        ] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        let empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    // The monitor keeps its own copies; these duplicates are the worker's.
+    let sockets: Vec<TcpListener> = listener_fds
+        .iter()
+        .filter_map(|fd| {
+            let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }).ok()?;
+            let _ = nix::fcntl::fcntl(
+                &dup,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            Some(TcpListener::from(dup))
+        })
+        .collect();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(setup.threads)
+        .enable_all()
+        .thread_name("g6-relay");
+    if setup.set_cpu_affinity {
+        let next = Arc::new(AtomicUsize::new(0));
+        builder.on_thread_start(move || {
+            crate::app::pin_current_thread(Some(next.fetch_add(1, Ordering::Relaxed)));
+        });
+        crate::app::pin_current_thread(None);
+    }
+    let rt = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("worker: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    tracing::info!(
+        "worker {} serving: {} rules, {} listen addresses, {} relay threads, data path {}",
+        std::process::id(),
+        cfg.rules.len(),
+        sockets.len(),
+        setup.threads,
+        setup.data_path.as_str()
+    );
+    let code = rt.block_on(serve(cfg.clone(), sockets, control_fd, setup.clone()));
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// The worker's listeners by address, each with its stop switch.
+struct Listeners {
+    shared: Arc<Shared>,
+    stops: HashMap<SocketAddr, watch::Sender<bool>>,
+    slots: Vec<SlotPermit>,
+}
+
+impl Listeners {
+    fn start(&mut self, rule_id: &str, addr: SocketAddr, socket: TcpListener) {
+        match self.shared.slots.try_acquire(1) {
+            Some(p) => self.slots.push(p),
+            None => tracing::warn!("-s leaves no slot for listener {addr}"),
+        }
+        let info = Arc::new(ListenerInfo {
+            rule_id: rule_id.to_string(),
+            addr,
+            fd: socket.as_raw_fd(),
+        });
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot listen on {addr}: {e}");
+                return;
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        self.shared.add_listener(info.clone());
+        tokio::spawn(proxy::accept_loop(self.shared.clone(), listener, info, rx));
+        self.stops.insert(addr, tx);
+    }
+
+    fn stop(&mut self, addr: &SocketAddr) {
+        if let Some(tx) = self.stops.remove(addr) {
+            let _ = tx.send(true);
+        }
+        self.shared.remove_listener(*addr);
+    }
+
+    fn stop_all(&mut self) {
+        let addrs: Vec<SocketAddr> = self.stops.keys().copied().collect();
+        for a in addrs {
+            self.stop(&a);
+        }
+        self.slots.clear();
+    }
+}
+
+async fn serve(
+    cfg: Config,
+    sockets: Vec<TcpListener>,
+    control_fd: OwnedFd,
+    setup: WorkerSetup,
+) -> i32 {
+    let cfg = Arc::new(cfg);
+    let shared = Shared::new(
+        Runtime::new(cfg.clone()),
+        SlotPool::new(setup.sessions),
+        setup.data_path,
+    );
+    let mut listeners = Listeners {
+        shared: shared.clone(),
+        stops: HashMap::new(),
+        slots: Vec::new(),
+    };
+    for ((ri, _, entry), socket) in cfg.listeners().zip(sockets) {
+        listeners.start(&cfg.rules[ri].id, entry.addr, socket);
+    }
+    tokio::spawn(isolation_timer(shared.clone()));
+    if let Err(e) = nix::fcntl::fcntl(
+        &control_fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    ) {
+        tracing::error!("worker: control channel: {e}");
+        return 1;
+    }
+    // SAFETY: we own control_fd and it stays open for as long as the AsyncFd lives.
+    let control = match unsafe { AsyncFd::register(control_fd) } {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("worker: control channel: {e}");
+            return 1;
+        }
+    };
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = control.readable() => {
+                let Ok(mut guard) = r else { return 1 };
+                let msg = match guard.try_io(|fd| control::recv(fd.as_raw_fd())) {
+                    Ok(Ok(Some(m))) => m,
+                    Ok(Ok(None)) => {
+                        tracing::error!("worker: the monitor is gone; exiting");
+                        return 1;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!("worker: control channel: {e}");
+                        continue;
+                    }
+                    Err(_would_block) => continue,
+                };
+                match msg {
+                    (Message::Stop, _) => return 0,
+                    (Message::Drain, _) => {
+                        draining = true;
+                        listeners.stop_all();
+                        tracing::info!(
+                            "worker: listeners closed; {} sessions to finish",
+                            shared.registry.proxied()
+                        );
+                    }
+                    (Message::ReopenLog, _) => {
+                        if let Some(sink) = crate::logging::sink() {
+                            sink.reopen();
+                        }
+                    }
+                    (Message::Reload(text), fds) => {
+                        apply_reload(&shared, &mut listeners, &setup.conf_label, &text, fds);
+                    }
+                }
+            }
+            _ = shared.registry.wait_no_proxied(), if draining => {
+                tracing::info!("worker: all sessions done");
+                return 0;
+            }
+        }
+    }
+}
+
+/// Applies a config the monitor validated; `fds` are the listeners it adds, in config order.
+fn apply_reload(
+    shared: &Arc<Shared>,
+    listeners: &mut Listeners,
+    label: &str,
+    text: &[u8],
+    fds: Vec<OwnedFd>,
+) {
+    let cfg = match config::parse(label, text) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!("worker: reload: {e}");
+            return;
+        }
+    };
+    let old = shared.runtime();
+    shared.replace_runtime(Runtime::reloaded(&old, cfg.clone()));
+    let wanted: Vec<(String, SocketAddr)> = cfg
+        .listeners()
+        .map(|(ri, _, l)| (cfg.rules[ri].id.clone(), l.addr))
+        .collect();
+    let removed: Vec<SocketAddr> = listeners
+        .stops
+        .keys()
+        .filter(|a| !wanted.iter().any(|(_, w)| w == *a))
+        .copied()
+        .collect();
+    for a in removed {
+        listeners.stop(&a);
+    }
+    let mut new_fds = fds.into_iter();
+    for (rule_id, addr) in wanted {
+        if listeners.stops.contains_key(&addr) {
+            continue;
+        }
+        match new_fds.next() {
+            Some(fd) => listeners.start(&rule_id, addr, TcpListener::from(fd)),
+            None => tracing::error!("worker: reload: no socket received for {addr}"),
+        }
+    }
+    shared.reorder_listeners(&cfg);
+}
+
+/// Logs server state transitions when they happen (availability itself is computed exactly
+/// on every decision; this only makes the log timely).
+async fn isolation_timer(shared: Arc<Shared>) {
+    loop {
+        let rt = shared.runtime();
+        for (rule, server, state) in rt.advance_isolation(Now::now()) {
+            tracing::warn!("rule {rule}: server {server} is now {state}");
+        }
+        let next = rt
+            .next_isolation_deadline()
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(1));
+        let cap = std::time::Instant::now() + Duration::from_millis(100);
+        tokio::time::sleep_until(next.min(cap).into()).await;
+    }
+}
