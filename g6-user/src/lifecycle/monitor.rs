@@ -71,7 +71,9 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             return 1;
         }
     };
-    let mut worker = match spawn_worker(&m) {
+    let mut monitor_only = vec![sfd.as_raw_fd()];
+    monitor_only.extend(ready.as_ref().map(AsRawFd::as_raw_fd));
+    let mut worker = match spawn_worker(&m, &monitor_only) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!("monitor: cannot start the worker: {e}");
@@ -92,6 +94,7 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             tracing::warn!("G6_READY_FD: {e}");
         }
     }
+    monitor_only.truncate(1);
     let mut restart_at: Option<Instant> = None;
     let mut successor: Option<Successor> = None;
     let mut draining = false;
@@ -140,7 +143,9 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
 
         if restart_at.is_some_and(|t| Instant::now() >= t) && !draining {
             restart_at = None;
-            match spawn_worker(&m) {
+            let mut closing = monitor_only.clone();
+            closing.extend(successor.as_ref().map(|s| s.ready.as_raw_fd()));
+            match spawn_worker(&m, &closing) {
                 Ok(w) => {
                     tracing::info!("monitor: worker {} started", w.pid);
                     worker = Some(w);
@@ -256,7 +261,9 @@ fn successor_signalled(s: &Successor) -> bool {
     matches!(nix::unistd::read(&s.ready, &mut b), Ok(1))
 }
 
-fn spawn_worker(m: &Monitor) -> std::io::Result<Running> {
+/// Forks the worker; `monitor_only` are descriptors the worker must not keep (the signalfd,
+/// a predecessor's ready pipe, a successor's ready pipe).
+fn spawn_worker(m: &Monitor, monitor_only: &[RawFd]) -> std::io::Result<Running> {
     let (mine, theirs) = control::pair()?;
     let fds: Vec<RawFd> = m.listeners.iter().map(|(_, l)| l.as_raw_fd()).collect();
     // SAFETY: the monitor is single-threaded (no runtime, no threads), so fork is safe; the
@@ -268,6 +275,10 @@ fn spawn_worker(m: &Monitor) -> std::io::Result<Running> {
         }),
         ForkResult::Child => {
             drop(mine);
+            for fd in monitor_only {
+                // SAFETY: closing this process's copy of a monitor-only descriptor.
+                unsafe { libc::close(*fd) };
+            }
             let code = worker::run_child(&m.cfg, &m.conf_text, &fds, theirs, &m.setup);
             // Skip the monitor's destructors (its listeners, pid file) in this process.
             // SAFETY: terminating the forked child.

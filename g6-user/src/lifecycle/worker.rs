@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -57,17 +57,13 @@ pub fn run_child(
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    // The monitor keeps its own copies; these duplicates are the worker's.
+    // The copies fork gave us are the worker's own: closing them (TERM, reload) must leave
+    // no other reference in this process, or the kernel would keep the socket listening.
     let sockets: Vec<TcpListener> = listener_fds
         .iter()
-        .filter_map(|fd| {
-            let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }).ok()?;
-            let _ = nix::fcntl::fcntl(
-                &dup,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            );
-            Some(TcpListener::from(dup))
-        })
+        // SAFETY: inherited through fork; the monitor's copy of its struct is never dropped
+        // here (the child ends with _exit), so each descriptor has exactly one owner.
+        .map(|fd| unsafe { TcpListener::from_raw_fd(*fd) })
         .collect();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder
@@ -104,7 +100,7 @@ pub fn run_child(
 /// The worker's listeners by address, each with its stop switch.
 struct Listeners {
     shared: Arc<Shared>,
-    stops: HashMap<SocketAddr, watch::Sender<bool>>,
+    stops: HashMap<SocketAddr, (watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     slots: Vec<SlotPermit>,
 }
 
@@ -128,21 +124,25 @@ impl Listeners {
         };
         let (tx, rx) = watch::channel(false);
         self.shared.add_listener(info.clone());
-        tokio::spawn(proxy::accept_loop(self.shared.clone(), listener, info, rx));
-        self.stops.insert(addr, tx);
+        let task = tokio::spawn(proxy::accept_loop(self.shared.clone(), listener, info, rx));
+        self.stops.insert(addr, (tx, task));
     }
 
-    fn stop(&mut self, addr: &SocketAddr) {
-        if let Some(tx) = self.stops.remove(addr) {
-            let _ = tx.send(true);
-        }
+    /// Tells the accept loop to close its listener; the returned task ends once it has.
+    fn stop(&mut self, addr: &SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
         self.shared.remove_listener(*addr);
+        let (tx, task) = self.stops.remove(addr)?;
+        let _ = tx.send(true);
+        Some(task)
     }
 
-    fn stop_all(&mut self) {
+    /// Closes every listener and waits until no accept loop can admit anyone any more, so
+    /// that counting sessions afterwards cannot miss one being admitted.
+    async fn stop_all(&mut self) {
         let addrs: Vec<SocketAddr> = self.stops.keys().copied().collect();
-        for a in addrs {
-            self.stop(&a);
+        let tasks: Vec<_> = addrs.iter().filter_map(|a| self.stop(a)).collect();
+        for t in tasks {
+            let _ = t.await;
         }
         self.slots.clear();
     }
@@ -204,8 +204,8 @@ async fn serve(
                 match msg {
                     (Message::Stop, _) => return 0,
                     (Message::Drain, _) => {
+                        listeners.stop_all().await;
                         draining = true;
-                        listeners.stop_all();
                         tracing::info!(
                             "worker: listeners closed; {} sessions to finish",
                             shared.registry.proxied()
@@ -257,7 +257,8 @@ fn apply_reload(
         .copied()
         .collect();
     for a in removed {
-        listeners.stop(&a);
+        // The loop closes its listener on its own; nothing waits on it during a reload.
+        drop(listeners.stop(&a));
     }
     let mut new_fds = fds.into_iter();
     for (rule_id, addr) in wanted {

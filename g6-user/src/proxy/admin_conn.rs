@@ -17,7 +17,6 @@ use crate::admin::{
 use crate::config::render_rules;
 use crate::isolation::Now;
 use crate::runtime::{Runtime, lock};
-use std::os::fd::AsRawFd;
 
 /// Result of running one line.
 enum Outcome {
@@ -192,15 +191,9 @@ async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::
 }
 
 /// Serves one admin client until `quit`, EOF, an overlong line or an error.
-pub async fn run(shared: Arc<Shared>, a: Admitted) {
+pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ManagerInfo>) {
     let rt = a.runtime.clone();
     let rr = &rt.rules[a.rule];
-    let info = Arc::new(ManagerInfo::new(
-        a.listener.clone(),
-        a.peer,
-        a.client.as_raw_fd(),
-    ));
-    let _registration = shared.registry.register(Entry::Manager(info.clone()));
     rr.counters.active.fetch_add(1, Relaxed);
     rr.counters.total.fetch_add(1, Relaxed);
     let start = info.start;
@@ -243,15 +236,28 @@ pub async fn run(shared: Arc<Shared>, a: Admitted) {
             break CloseReason::ClientClose;
         }
     };
+    let (rule, peer, listen) = (a.rule, a.peer, a.listener.addr);
+    // Fixed: close the socket and free its slot and client-entry count before the connection
+    // is reported ended (`active`, access line), as in `session::run`; the registration stays
+    // until the access line is written.
+    let Admitted {
+        registration,
+        client,
+        slot,
+        client_permit,
+        ..
+    } = a;
+    drop((client, slot, client_permit));
     rr.counters.active.fetch_sub(1, Relaxed);
     access_log(
-        &rt.config.rules[a.rule].id,
-        a.peer,
-        a.listener.addr,
+        &rt.config.rules[rule].id,
+        peer,
+        listen,
         None,
         None,
         (received, sent),
         start,
         reason,
     );
+    drop(registration);
 }

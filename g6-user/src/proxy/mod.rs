@@ -120,7 +120,16 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
     let Ok(client_permit) = rt.rules[ri].clients[ci].try_acquire(peer.ip()) else {
         return refuse(&rt, ri, listener.addr, peer, CloseReason::ClientLimit);
     };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
+    let (entry, proxy_info, manager_info) = if rule.is_admin() {
+        let m = Arc::new(registry::ManagerInfo::new(listener.clone(), peer, fd));
+        (registry::Entry::Manager(m.clone()), None, Some(m))
+    } else {
+        let p = Arc::new(registry::ProxyInfo::new(listener.clone(), peer, fd));
+        (registry::Entry::Proxy(p.clone()), Some(p), None)
+    };
     let admitted = session::Admitted {
+        registration: shared.registry.register(entry),
         runtime: rt.clone(),
         rule: ri,
         listen: li,
@@ -130,10 +139,10 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
         slot,
         client_permit,
     };
-    if rule.is_admin() {
-        tokio::spawn(admin_conn::run(shared.clone(), admitted));
-    } else {
-        tokio::spawn(session::run(shared.clone(), admitted));
+    match (proxy_info, manager_info) {
+        (Some(p), _) => drop(tokio::spawn(session::run(shared.clone(), admitted, p))),
+        (_, Some(m)) => drop(tokio::spawn(admin_conn::run(shared.clone(), admitted, m))),
+        _ => {}
     }
 }
 
@@ -143,17 +152,19 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 
 /// Out of descriptors: free the reserve, accept one client and close it (refused), take the
 /// reserve back. Returns false if the reserve could not help (back off then).
-async fn refuse_via_reserve(shared: &Shared, listener: &TcpListener) -> bool {
-    let had_reserve = lock(&shared.reserve_fd).take().is_some();
-    let refused = if had_reserve {
-        matches!(
-            tokio::time::timeout(Duration::from_millis(1), listener.accept()).await,
-            Ok(Ok(_))
-        )
-    } else {
-        false
-    };
-    *lock(&shared.reserve_fd) = File::open("/dev/null").ok();
+///
+/// Fixed (tests/balance.rs `local_failure_is_not_blamed_on_the_server`): the accept is one
+/// non-blocking syscall made right after freeing the reserve, with no `.await` in between.
+/// The former 1-ms async accept let other tasks take the freed descriptor (e.g. for a server
+/// socket); the reserve could then not be reopened, and from then on clients were left in the
+/// backlog instead of being refused (SPEC.md §5.1).
+fn refuse_via_reserve(shared: &Shared, listener: &TcpListener) -> bool {
+    let mut reserve = lock(&shared.reserve_fd);
+    let refused = reserve.take().is_some()
+        // The accepted socket is dropped (closed) at once: refused.
+        && socket2::SockRef::from(listener).accept().is_ok();
+    *reserve = File::open("/dev/null").ok();
+    drop(reserve);
     if refused {
         shared.accept_refused.fetch_add(1, Relaxed);
     }
@@ -181,7 +192,7 @@ pub async fn accept_loop(
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
-                    if !refuse_via_reserve(&shared, &listener).await {
+                    if !refuse_via_reserve(&shared, &listener) {
                         // Never spin: wait a little longer each time nothing could be done.
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));

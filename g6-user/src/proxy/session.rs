@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connect::{self, ConnectError};
-use super::registry::{Entry, ListenerInfo, ProxyInfo};
+use super::registry::{ListenerInfo, ProxyInfo, Registration};
 use super::relay::{self, CloseReason, DataPath, SessionMeters};
 use crate::isolation::Now;
 use crate::limits::{Permit, SlotPermit};
@@ -20,6 +20,9 @@ use crate::runtime::{Chosen, Runtime, lock};
 
 /// Admission already granted for this client: its slot and client-entry permits.
 pub struct Admitted {
+    /// Listed in `show sessions` from admission on, so a drain never misses a session whose
+    /// task has not run yet.
+    pub registration: Registration,
     pub runtime: Arc<Runtime>,
     pub rule: usize,
     pub listen: usize,
@@ -130,12 +133,10 @@ async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> 
 }
 
 /// Serves one admitted client to the end and logs its access line.
-pub async fn run(shared: Arc<Shared>, a: Admitted) {
-    let rule = &a.runtime.config.rules[a.rule];
-    let rr = &a.runtime.rules[a.rule];
-    let client_fd = a.client.as_raw_fd();
-    let info = Arc::new(ProxyInfo::new(a.listener.clone(), a.peer, client_fd));
-    let _registration = shared.registry.register(Entry::Proxy(info.clone()));
+pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
+    let runtime = a.runtime.clone();
+    let rule = &runtime.config.rules[a.rule];
+    let rr = &runtime.rules[a.rule];
     rr.counters.active.fetch_add(1, Relaxed);
     rr.counters.total.fetch_add(1, Relaxed);
     let start = info.traffic.start;
@@ -162,11 +163,25 @@ pub async fn run(shared: Arc<Shared>, a: Admitted) {
             (reason, Some(chosen.server.entry.addr), Some(path))
         }
     };
+    let (peer, listen) = (a.peer, a.listener.addr);
+    // Fixed: close the client socket and free its slot and client-entry count BEFORE the
+    // session is reported ended (rule `active`, access line). Before, they were released
+    // after both, so a client connecting once `show stats` showed the session gone (or its
+    // access line was written) could still be refused by `max_*` or `-s` (tests/limits.rs).
+    // The registration stays until the access line is written.
+    let Admitted {
+        registration,
+        client,
+        slot,
+        client_permit,
+        ..
+    } = a;
+    drop((client, slot, client_permit));
     rr.counters.active.fetch_sub(1, Relaxed);
     access_log(
         &rule.id,
-        a.peer,
-        a.listener.addr,
+        peer,
+        listen,
         server_addr,
         path,
         (
@@ -176,4 +191,5 @@ pub async fn run(shared: Arc<Shared>, a: Admitted) {
         start,
         reason,
     );
+    drop(registration);
 }

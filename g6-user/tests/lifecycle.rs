@@ -1,0 +1,398 @@
+//! Process model and signals (SPEC.md §3), end to end with the real binary and real signals:
+//! TERM drain, INT, worker crash and restart, USR1 log reopen, HUP reload, USR2 hand-over,
+//! and restarts under continuous load with every transfer checksummed.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+fn pid_file_pid(g6: &G6Proc) -> Option<i32> {
+    std::fs::read_to_string(g6.dir().join("g6.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // Zombies still have /proc entries; look at the state letter.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn signal_pid(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill {pid} {sig}: {e}"));
+}
+
+/// Starts g6 with `--pid-file <dir>/g6.pid`, so tests can follow USR2 successors.
+fn start(conf: &str, listeners: &[&PreBound]) -> G6Proc {
+    let dir = G6Proc::conf_dir(conf);
+    let pid_file = dir.path().join("g6.pid");
+    let pid_file = pid_file.to_str().unwrap();
+    let args = G6Proc::standard_args(dir.path(), &["--data-path", "copy", "--pid-file", pid_file]);
+    let g6 = G6Proc::launch(
+        std::path::Path::new(support::g6proc::G6_BIN),
+        &args,
+        dir,
+        listeners,
+        true,
+    );
+    assert!(
+        wait_until(WAIT_TIMEOUT, || pid_file_pid(&g6).is_some()),
+        "no pid file\n{}",
+        g6.diagnostics()
+    );
+    g6
+}
+
+/// Sends `n` bytes through `addr` to an echo server and checks them; Err on any failure.
+fn echo_once(addr: SocketAddr, n: usize, seed: u64) -> Result<(), String> {
+    let mut s = try_connect(addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let data = support::data::bytes(seed, n);
+    s.write_all(&data).map_err(|e| format!("write: {e}"))?;
+    let mut got = vec![0u8; n];
+    s.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
+    if got != data {
+        return Err("echo differs".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn term_closes_listeners_at_once_and_drains_sessions() {
+    let echo = Backend::echo();
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(&format!("r RR *:* - {l} > {} ;\n", echo.addr()), &[&l]);
+    let mut s = connect(l.addr());
+    s.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).unwrap();
+    g6.signal(Signal::SIGTERM);
+    // New clients are refused by the kernel at once (not left hanging in a backlog).
+    assert!(
+        wait_until(WAIT_TIMEOUT, || matches!(
+            TcpStream::connect_timeout(&l.addr(), Duration::from_millis(500)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )),
+        "listener still open after TERM\n{}",
+        g6.diagnostics()
+    );
+    // The session in flight keeps working.
+    s.write_all(b"during").unwrap();
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"during");
+    assert!(g6.is_running(), "exited with a session in flight");
+    drop(s);
+    let status = g6
+        .wait_exit(WAIT_TIMEOUT)
+        .expect("g6 did not exit after its last session");
+    assert_eq!(status.code(), Some(0));
+    assert!(!g6.dir().join("g6.pid").exists(), "pid file left behind");
+}
+
+#[test]
+fn int_stops_at_once_even_with_sessions() {
+    let echo = Backend::echo();
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(&format!("r RR *:* - {l} > {} ;\n", echo.addr()), &[&l]);
+    let mut s = connect(l.addr());
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    g6.signal(Signal::SIGINT);
+    let status = g6.wait_exit(WAIT_TIMEOUT).expect("INT did not stop g6");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn killed_worker_is_restarted_and_monitor_stays() {
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(&format!("r RR *:* - {l} > {} ;\n", s1.addr()), &[&l]);
+    let monitor = g6.pid();
+    let worker =
+        wait_for(WAIT_TIMEOUT, || children(monitor).first().copied()).expect("no worker process");
+    assert_eq!(identify(l.addr()), "s1");
+    let killed = Instant::now();
+    signal_pid(worker, Signal::SIGKILL);
+    // Service is back within 2 s (the monitor waits 1 s, then starts a worker on the same
+    // sockets; clients wait in the backlog meanwhile).
+    let new_worker = wait_for(Duration::from_secs(3), || {
+        children(monitor)
+            .into_iter()
+            .find(|&p| p != worker && alive(p))
+    })
+    .expect("worker not restarted");
+    assert_eq!(identify(l.addr()), "s1");
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "service back only after {:?}",
+        killed.elapsed()
+    );
+    assert!(alive(monitor), "monitor died");
+    assert_ne!(new_worker, worker);
+    g6.expect_log("crash logged", WAIT_TIMEOUT, |t| {
+        t.contains(&format!("worker {worker} died (killed by SIGKILL)"))
+    });
+}
+
+#[test]
+fn usr1_reopens_a_moved_log_file() {
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(&format!("r RR *:* - {l} > {} ;\n", s1.addr()), &[&l]);
+    let log = g6.log_path();
+    let rotated = g6.dir().join("g6.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    g6.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(WAIT_TIMEOUT, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("USR1: log file reopened"))),
+        "no new log file after USR1\n{}",
+        g6.diagnostics()
+    );
+    // The worker writes to the new file too.
+    assert_eq!(identify(l.addr()), "s1");
+    assert!(wait_until(WAIT_TIMEOUT, || std::fs::read_to_string(&log)
+        .is_ok_and(|t| t.contains("session rule=r"))));
+    assert!(
+        !std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("session rule=r")
+    );
+}
+
+/// A free loopback port for a listener a reload adds (the config needs a number).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn hup_reloads_rules_servers_and_listeners_without_dropping_sessions() {
+    let s1 = Backend::identify("s1");
+    let s2 = Backend::identify("s2");
+    let echo = Backend::echo();
+    let a = PreBound::tcp("127.0.0.1:0");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let e = PreBound::tcp("127.0.0.1:0");
+    let base = format!(
+        "admin G 127.0.0.1:* - {a} ;\nr RR *:* - {l} > {} ;\necho RR *:* - {e} > {} ;\n",
+        s1.addr(),
+        echo.addr()
+    );
+    let g6 = start(&base, &[&a, &l, &e]);
+    assert_eq!(identify(l.addr()), "s1");
+    let mut long = connect(e.addr());
+    long.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    long.read_exact(&mut b).unwrap();
+
+    // Rule r now balances to s2 only, and a new rule listens on a new address; the echo
+    // rule and its listener go away.
+    let added = free_addr();
+    g6.write_conf(&format!(
+        "admin G 127.0.0.1:* - {a} ;\nr RR *:* - {l} > {} ;\nnew RR *:* - {added} > {} ;\n",
+        s2.addr(),
+        s1.addr()
+    ));
+    g6.signal(Signal::SIGHUP);
+    g6.expect_log("reload", WAIT_TIMEOUT, |t| t.contains("HUP: reloaded"));
+    assert!(wait_until(WAIT_TIMEOUT, || identify(l.addr()) == "s2"));
+    assert!(wait_until(WAIT_TIMEOUT, || try_connect(added, IO_TIMEOUT)
+        .is_ok_and(|mut s| read_line(&mut s) == "s1")));
+    assert!(
+        wait_until(WAIT_TIMEOUT, || matches!(
+            TcpStream::connect_timeout(&e.addr(), Duration::from_millis(500)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )),
+        "removed listener still open"
+    );
+    // The session that started under the old config finishes on its old entries.
+    long.write_all(b"b").unwrap();
+    long.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"b");
+    // Kept rule: counters survive (r served 1 session before, at least 2 after).
+    let stats = admin_cmd(a.addr(), "show stats\n");
+    let line = stats.lines().find(|x| x.starts_with("rule r RR")).unwrap();
+    let total: u64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total >= 2, "counters reset by reload: {line}");
+}
+
+#[test]
+fn hup_with_a_bad_config_keeps_the_running_one() {
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(&format!("r RR *:* - {l} > {} ;\n", s1.addr()), &[&l]);
+    g6.write_conf(&format!("r RR *:* - {l} > {}:99999 ;\n", s1.addr().ip()));
+    g6.signal(Signal::SIGHUP);
+    g6.expect_log("rejected reload", WAIT_TIMEOUT, |t| {
+        t.contains("| ERROR |") && t.contains("invalid port '99999'") && t.contains("keeping")
+    });
+    assert_eq!(identify(l.addr()), "s1");
+    // An unbindable new listener is rejected the same way.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    g6.write_conf(&format!(
+        "r RR *:* - {l} > {} ;\nx RR *:* - {} > {} ;\n",
+        s1.addr(),
+        busy.local_addr().unwrap(),
+        s1.addr()
+    ));
+    g6.signal(Signal::SIGHUP);
+    g6.expect_log("rejected bind", WAIT_TIMEOUT, |t| {
+        t.contains("Address already in use") && t.contains("keeping")
+    });
+    assert_eq!(identify(l.addr()), "s1");
+}
+
+#[test]
+fn usr2_hands_over_to_a_new_generation() {
+    let s1 = Backend::identify("s1");
+    let echo = Backend::echo();
+    let l = PreBound::tcp("127.0.0.1:0");
+    let e = PreBound::tcp("127.0.0.1:0");
+    let conf = format!(
+        "r RR *:* - {l} > {} ;\necho RR *:* - {e} > {} ;\n",
+        s1.addr(),
+        echo.addr()
+    );
+    let g6 = start(&conf, &[&l, &e]);
+    let old = g6.pid();
+    let mut long = connect(e.addr());
+    long.write_all(b"1").unwrap();
+    let mut b = [0u8; 1];
+    long.read_exact(&mut b).unwrap();
+    g6.signal(Signal::SIGUSR2);
+    let new = wait_for(WAIT_TIMEOUT, || pid_file_pid(&g6).filter(|&p| p != old))
+        .expect("no successor took over the pid file");
+    assert_eq!(identify(l.addr()), "s1");
+    // The old generation keeps its session alive until it ends, then exits.
+    long.write_all(b"2").unwrap();
+    long.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"2");
+    assert!(alive(old), "old generation exited with a session in flight");
+    drop(long);
+    assert!(
+        wait_until(WAIT_TIMEOUT, || !alive(old)),
+        "old generation did not exit after draining"
+    );
+    assert!(alive(new));
+    assert_eq!(identify(l.addr()), "s1");
+    signal_pid(new, Signal::SIGTERM);
+    assert!(wait_until(WAIT_TIMEOUT, || !alive(new)));
+}
+
+#[test]
+fn usr2_with_a_bad_config_keeps_the_old_generation() {
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(&format!("r RR *:* - {l} > {} ;\n", s1.addr()), &[&l]);
+    g6.write_conf("r RR *:* - oops ;\n");
+    g6.signal(Signal::SIGUSR2);
+    g6.expect_log("failed successor", WAIT_TIMEOUT, |t| {
+        t.contains("| ERROR |") && t.contains("failed before serving")
+    });
+    assert_eq!(pid_file_pid(&g6), Some(g6.pid()));
+    assert_eq!(identify(l.addr()), "s1");
+    assert!(g6.is_running());
+}
+
+#[test]
+fn restarts_and_reloads_under_load_lose_nothing() {
+    const ROUNDS: usize = 20;
+    let echo = Backend::echo();
+    let l = PreBound::tcp("127.0.0.1:0");
+    let conf = format!("r RR *:* - {l} > {} ;\n", echo.addr());
+    let g6 = start(&conf, &[&l]);
+    let addr = l.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // Long sessions opened before the restarts, used throughout.
+    let mut long: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                // Bounded: stops when told, or after a generous count.
+                while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                    if let Err(e) = echo_once(addr, 16 * 1024, (c << 32) | i) {
+                        failures.lock().unwrap().push(e);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut current = g6.pid();
+    for round in 0..ROUNDS {
+        let before = done.load(Ordering::Relaxed);
+        signal_pid(current, Signal::SIGHUP);
+        let hups = round + 1;
+        assert!(
+            wait_until(WAIT_TIMEOUT, || g6
+                .log_contents()
+                .matches("HUP: reloaded")
+                .count()
+                >= hups),
+            "HUP {round} not applied"
+        );
+        signal_pid(current, Signal::SIGUSR2);
+        let prev = current;
+        current = wait_for(WAIT_TIMEOUT, || pid_file_pid(&g6).filter(|&p| p != prev))
+            .unwrap_or_else(|| panic!("USR2 {round}: no successor\n{}", g6.diagnostics()));
+        // Load keeps flowing through each generation.
+        assert!(wait_until(WAIT_TIMEOUT, || done.load(Ordering::Relaxed) > before + 2));
+        for (i, s) in long.iter_mut().enumerate() {
+            let tag = [b'a' + (round % 26) as u8, i as u8];
+            s.write_all(&tag).unwrap();
+            let mut got = [0u8; 2];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(got, tag, "long session {i} broken in round {round}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} transfers failed: {:?}",
+        failures.len(),
+        done.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+    drop(long);
+    signal_pid(current, Signal::SIGTERM);
+    assert!(wait_until(WAIT_TIMEOUT, || !alive(current)));
+}
