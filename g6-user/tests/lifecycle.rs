@@ -396,3 +396,41 @@ fn restarts_and_reloads_under_load_lose_nothing() {
     signal_pid(current, Signal::SIGTERM);
     assert!(wait_until(WAIT_TIMEOUT, || !alive(current)));
 }
+
+#[test]
+fn systemd_is_notified_of_readiness_main_pid_and_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify");
+    let notify = UnixDatagram::bind(&sock_path).unwrap();
+    notify.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
+    let dir = G6Proc::conf_dir(&format!("r RR *:* - {l} > {} ;\n", s1.addr()));
+    let args = G6Proc::standard_args(dir.path(), &["--data-path", "copy"]);
+    let g6 = {
+        let mut args = args;
+        // Pass NOTIFY_SOCKET through `env` so no other test's process sees it.
+        args.insert(0, G6_BIN_OS.into());
+        args.insert(0, format!("NOTIFY_SOCKET={}", sock_path.display()).into());
+        G6Proc::launch(
+            std::path::Path::new("/usr/bin/env"),
+            &args,
+            dir,
+            &[&l],
+            true,
+        )
+    };
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("no readiness notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains(&format!("MAINPID={}", g6.pid())), "{msg}");
+    assert_eq!(identify(l.addr()), "s1");
+    g6.signal(Signal::SIGTERM);
+    let n = notify.recv(&mut buf).expect("no stop notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(g6.wait_exit(WAIT_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+const G6_BIN_OS: &str = support::g6proc::G6_BIN;

@@ -95,6 +95,12 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
         }
     }
     monitor_only.truncate(1);
+    // systemd (Type=notify, NotifyAccess=all): we serve, and after a USR2 hand-over the new
+    // monitor is the service's main process.
+    notify(&[
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Ready,
+    ]);
     let mut restart_at: Option<Instant> = None;
     let mut successor: Option<Successor> = None;
     let mut draining = false;
@@ -174,6 +180,7 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             }
             Signal::SIGTERM => {
                 tracing::info!("TERM: listeners closed; waiting for sessions to finish");
+                notify(&[sd_notify::NotifyState::Stopping]);
                 m.listeners.clear();
                 draining = true;
                 restart_at = None;
@@ -233,6 +240,13 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             }
             _ => {}
         }
+    }
+}
+
+/// Tells the service manager, if there is one (NOTIFY_SOCKET); failures only get logged.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("sd_notify: {e}");
     }
 }
 
@@ -378,11 +392,13 @@ fn reload(m: &mut Monitor, worker: &Option<Running>) {
             Some(old.swap_remove(i))
         })
         .collect();
-    tracing::info!(
+    let status = format!(
         "HUP: reloaded {label}: {} rules, {} listen addresses",
         cfg.rules.len(),
         wanted.len()
     );
+    tracing::info!("{status}");
+    notify(&[sd_notify::NotifyState::Status(&status)]);
     m.cfg = cfg;
     m.conf_text = text;
 }
