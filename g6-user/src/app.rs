@@ -38,18 +38,32 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// Raises the soft descriptor limit to the hard limit [ext]; returns the new soft limit.
-fn raise_nofile() -> Option<u64> {
+/// Raises the soft descriptor limit to the hard limit [ext]. Returns the limit in force and,
+/// if it could not be raised, why (logged once the log is open).
+fn raise_nofile() -> (Option<u64>, Option<String>) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => return (None, Some(format!("cannot read RLIMIT_NOFILE: {e}"))),
+    };
+    if soft >= hard {
+        return (Some(soft), None);
     }
-    Some(hard.max(soft))
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => (Some(hard), None),
+        Err(e) => (
+            Some(soft),
+            Some(format!(
+                "cannot raise the descriptor limit from {soft} to {hard}: {e}; \
+                 at most about {} sessions can be served",
+                soft / 2
+            )),
+        ),
+    }
 }
 
 fn run(opts: Options) -> i32 {
-    let nofile = raise_nofile();
+    let (nofile, nofile_problem) = raise_nofile();
     let label = opts.config.display().to_string();
     let cfg = match config::load_file(&opts.config) {
         Ok(c) => c,
@@ -72,6 +86,9 @@ fn run(opts: Options) -> i32 {
     logging::init(opts.log_level, LogSink::open(log_path, opts.close_log));
     for w in &cfg.warnings {
         tracing::warn!("{}", config::format_warning(&label, w));
+    }
+    if let Some(problem) = nofile_problem {
+        tracing::warn!("{problem}");
     }
     match serve(opts, cfg, nofile) {
         Ok(()) => 0,
@@ -152,16 +169,24 @@ fn remove_pid_file_if_ours(path: &Path) {
     }
 }
 
-/// Pins relay thread i to allowed CPU i+1 (wrapping) and other threads to the first allowed CPU.
-pub fn pin_current_thread(index: Option<usize>) {
-    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+/// CPUs this process may run on, read once before any thread is pinned (pinned threads
+/// would otherwise hand their narrowed mask to the threads they spawn).
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{CpuSet, sched_getaffinity};
     use nix::unistd::Pid;
-    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
-        return;
-    };
-    let cpus: Vec<usize> = (0..CpuSet::count())
-        .filter(|&c| allowed.is_set(c).unwrap_or(false))
-        .collect();
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(allowed) => (0..CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Pins the calling thread: relay thread `Some(i)` to allowed CPU i+1 (wrapping), any other
+/// thread to the first allowed CPU (SPEC.md §2 `--set-cpu-affinity`).
+pub fn pin_current_thread(cpus: &[usize], index: Option<usize>) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
     if cpus.is_empty() {
         return;
     }
@@ -192,10 +217,11 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // A session slot is one descriptor (a proxied session takes two slots, two sockets).
     if let (Some(s), Some(n)) = (opts.sessions, nofile)
         && s + 64 > n
     {
-        tracing::warn!("-s {s} may exceed the descriptor limit {n}");
+        tracing::warn!("-s {s} may exceed the descriptor limit {n}; clients beyond it are refused");
     }
     let data_path = choose_data_path(opts.data_path);
     if !opts.no_daemon {

@@ -434,3 +434,51 @@ fn systemd_is_notified_of_readiness_main_pid_and_stop() {
 }
 
 const G6_BIN_OS: &str = support::g6proc::G6_BIN;
+
+/// `Cpus_allowed_list` of every thread of `pid`, by thread name.
+fn thread_cpus(pid: i32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    out
+}
+
+#[test]
+fn set_cpu_affinity_pins_relay_threads() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs 2 CPUs to tell pinned threads apart");
+        return;
+    }
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = G6Proc::start(
+        &format!("r RR *:* - {l} > {} ;\n", s1.addr()),
+        &[&l],
+        &["--data-path", "copy", "--set-cpu-affinity", "-t", "1"],
+    );
+    let worker = wait_for(WAIT_TIMEOUT, || children(g6.pid()).first().copied()).unwrap();
+    assert_eq!(identify(l.addr()), "s1");
+    let threads = thread_cpus(worker);
+    // Relay thread 0 → the second allowed CPU; every other thread → the first.
+    let relay: Vec<_> = threads.iter().filter(|(n, _)| n == "g6-relay").collect();
+    assert_eq!(relay.len(), 1, "{threads:?}");
+    assert_eq!(relay[0].1, "1", "{threads:?}");
+    let main = threads
+        .iter()
+        .find(|(n, _)| n == "g6")
+        .expect("main thread");
+    assert_eq!(main.1, "0", "{threads:?}");
+}

@@ -71,11 +71,14 @@ pub fn run_child(
         .enable_all()
         .thread_name("g6-relay");
     if setup.set_cpu_affinity {
+        let cpus = crate::app::allowed_cpus();
         let next = Arc::new(AtomicUsize::new(0));
+        let relay_cpus = cpus.clone();
         builder.on_thread_start(move || {
-            crate::app::pin_current_thread(Some(next.fetch_add(1, Ordering::Relaxed)));
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            crate::app::pin_current_thread(&relay_cpus, Some(i));
         });
-        crate::app::pin_current_thread(None);
+        crate::app::pin_current_thread(&cpus, None);
     }
     let rt = match builder.build() {
         Ok(rt) => rt,
