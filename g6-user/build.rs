@@ -8,6 +8,7 @@ use std::{
     env, fs,
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
+    process::Command,
 };
 
 /// Must match bpf-linker's LLVM major (22); `cargo xtask setup` installs both together.
@@ -15,7 +16,6 @@ const TOOLCHAIN: &str = "nightly-2026-05-20";
 const STRICT: &str = "G6_EBPF_STRICT";
 
 fn main() {
-    println!("cargo:rerun-if-env-changed={STRICT}");
     println!("cargo:rerun-if-changed=build.rs");
     let strict = env::var(STRICT).is_ok_and(|v| v == "1");
 
@@ -28,10 +28,19 @@ fn main() {
     // Never embed a stale object from an earlier build.
     let _ = fs::remove_file(&object);
 
-    watch_toolchain();
-    let Err(reason) = build(&object) else {
+    let ebpf_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(|d| PathBuf::from(d).join("../g6-ebpf"))
+        .and_then(|d| d.canonicalize().ok());
+    if let Some(d) = &ebpf_dir {
+        watch_toolchain(d);
+    }
+    let Err(reason) = build(ebpf_dir.as_deref(), &object) else {
         return;
     };
+    // Only a degraded build depends on the switch: with the object built, strict or not gives
+    // the same result, and re-running would rebuild the agent each time CI and a developer
+    // alternate.
+    println!("cargo:rerun-if-env-changed={STRICT}");
     if strict {
         eprintln!("g6: eBPF object NOT built ({reason}) and {STRICT}=1");
         std::process::exit(1);
@@ -45,14 +54,11 @@ fn main() {
     }
 }
 
-/// Runs aya-build and checks that it produced a non-empty object.
-fn build(object: &Path) -> Result<(), String> {
-    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .ok_or("CARGO_MANIFEST_DIR not set")?;
-    let ebpf_dir = manifest_dir.join("../g6-ebpf");
-    let ebpf_dir = ebpf_dir.canonicalize().unwrap_or(ebpf_dir);
+/// Runs aya-build and checks that it produced a non-empty `object`.
+fn build(ebpf_dir: Option<&Path>, object: &Path) -> Result<(), String> {
+    let ebpf_dir = ebpf_dir.ok_or("g6-ebpf not found beside g6-user")?;
     let root_dir = ebpf_dir.to_str().ok_or("non-UTF-8 path to g6-ebpf")?;
+    preflight()?;
     let package = aya_build::Package {
         name: "g6-ebpf",
         root_dir,
@@ -64,6 +70,13 @@ fn build(object: &Path) -> Result<(), String> {
     }));
     match built {
         Ok(Ok(())) => {}
+        // "<the whole command line> failed: exit status: 101" says little; the compiler's
+        // messages were relayed as warnings above.
+        Ok(Err(e)) if e.to_string().contains(" failed: ") => {
+            return Err(format!(
+                "cargo +{TOOLCHAIN} build -p g6-ebpf failed, see the warnings above"
+            ));
+        }
         Ok(Err(e)) => return Err(one_line(&format!("{e:#}"))),
         Err(_) => return Err("aya-build panicked".into()),
     }
@@ -75,10 +88,41 @@ fn build(object: &Path) -> Result<(), String> {
     }
 }
 
-/// Re-run when the pinned toolchain or bpf-linker appears or changes, so a degraded build
-/// heals itself once `cargo xtask setup` has run. Cargo treats a missing path as changed, so a
-/// degraded build retries on every build (it fails fast while the toolchain is absent).
-fn watch_toolchain() {
+/// Cheap checks first, so the usual reasons are stated plainly (and no time is spent compiling
+/// the eBPF crate's dependencies only to fail at the link).
+fn preflight() -> Result<(), String> {
+    let setup = "run `cargo xtask setup`";
+    let sysroot = Command::new("rustup")
+        .args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output();
+    let sysroot = match sysroot {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(_) => return Err(format!("toolchain {TOOLCHAIN} not installed; {setup}")),
+        Err(e) => return Err(format!("rustup not runnable ({e}); {setup}")),
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Err(format!("rust-src missing from {TOOLCHAIN}; {setup}"));
+    }
+    // rustup puts $CARGO_HOME/bin first on the PATH of the eBPF build; look there too.
+    let cargo_bin = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin"));
+    let path = env::var_os("PATH").unwrap_or_default();
+    let found = cargo_bin
+        .into_iter()
+        .chain(env::split_paths(&path))
+        .any(|d| d.join("bpf-linker").is_file());
+    if !found {
+        return Err(format!("bpf-linker not found; {setup}"));
+    }
+    Ok(())
+}
+
+/// Re-run when the pinned toolchain, rust-src or bpf-linker appears or changes, so a degraded
+/// build heals itself after `cargo xtask setup`. Only existing paths are watched: cargo treats
+/// a missing one as always changed, which would rebuild the agent on every build.
+fn watch_toolchain(ebpf_dir: &Path) {
     let home = env::var_os("HOME").map(PathBuf::from);
     let rustup_home = env::var_os("RUSTUP_HOME")
         .map(PathBuf::from)
@@ -87,25 +131,32 @@ fn watch_toolchain() {
         .map(PathBuf::from)
         .or_else(|| home.as_ref().map(|h| h.join(".cargo")));
     let host = env::var("HOST").unwrap_or_default();
+    let mut watch = vec![ebpf_dir.to_path_buf()];
     if let Some(r) = rustup_home {
-        // Rewritten whenever a component (rust-src) is added.
-        let components = r
-            .join("toolchains")
-            .join(format!("{TOOLCHAIN}-{host}"))
-            .join("lib/rustlib/components");
-        println!("cargo:rerun-if-changed={}", components.display());
+        // A file per installed channel toolchain (written by `rustup toolchain install`).
+        watch.push(r.join("update-hashes"));
+        // Rewritten when a component (rust-src) is added.
+        let tc = r.join("toolchains").join(format!("{TOOLCHAIN}-{host}"));
+        watch.push(tc.join("lib/rustlib/components"));
     }
     if let Some(c) = cargo_home {
-        println!(
-            "cargo:rerun-if-changed={}",
-            c.join("bin/bpf-linker").display()
-        );
+        // Small directory; `cargo install bpf-linker` changes it.
+        watch.push(c.join("bin"));
+    }
+    for p in watch.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", p.display());
     }
 }
 
-/// Cargo warnings are single lines; keep the first line of a long error chain readable.
+/// Cargo warnings are single lines: drop backtraces and blank lines, join the rest, cap it.
 fn one_line(s: &str) -> String {
-    let s = s.replace('\n', " | ");
+    let s = s.split("Stack backtrace").next().unwrap_or(s);
+    let s = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join(" ");
     if s.len() > 400 {
         let mut end = 400;
         while !s.is_char_boundary(end) {

@@ -10,6 +10,7 @@ pub const MAX_SOCKETS: u32 = 65536;
 pub const PROG_VERDICT: &str = "g6_verdict";
 pub const MAP_SOCKS: &str = "G6_SOCKS";
 pub const MAP_PEERS: &str = "G6_PEERS";
+pub const MAP_BUDGET: &str = "G6_BUDGET";
 pub const MAP_CONNS: &str = "G6_CONNS";
 
 /// Per-socket state in `G6_CONNS`, keyed by the socket's own `SO_COOKIE`.

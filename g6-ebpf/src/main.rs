@@ -5,7 +5,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, sk_action::SK_PASS},
+    bindings::{
+        BPF_F_NO_PREALLOC,
+        sk_action::{SK_DROP, SK_PASS},
+    },
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{map, stream_verdict},
     maps::{HashMap, SockHash},
@@ -21,6 +24,13 @@ static G6_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 #[map]
 static G6_PEERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
+/// Control: cookie -> most bytes this socket may have redirected in total (no entry = no
+/// limit). Written by the agent only. A skb that would go past it is passed locally instead
+/// (and, passing being sticky, so is everything after it): the kernel itself bounds what a
+/// pair can pile up in a psock backlog, however late the agent looks (sharp edge 4).
+#[map]
+static G6_BUDGET: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+
 /// Counters: cookie -> ConnState. Inserted by the agent, then written by this program only.
 #[map]
 static G6_CONNS: HashMap<u64, ConnState> =
@@ -31,8 +41,8 @@ pub fn g6_verdict(ctx: SkBuffContext) -> u32 {
     try_verdict(&ctx)
 }
 
-/// Always returns SK_PASS: after a successful `redirect_skb` the kernel sees the redirect mark;
-/// otherwise the skb is delivered to the socket itself and the agent handles it.
+/// Data skbs always get SK_PASS: after a successful `redirect_skb` the kernel sees the redirect
+/// mark; otherwise the skb is delivered to the socket itself and the agent relays it.
 #[inline(always)]
 fn try_verdict(ctx: &SkBuffContext) -> u32 {
     // SAFETY: the verifier accepts bpf_get_socket_cookie(skb) in sk_skb programs.
@@ -46,9 +56,14 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     st.skbs += 1;
     let len = u64::from(ctx.len());
     if len == 0 {
-        // The FIN: redirecting it sets EPIPE on the peer and kills its transmit side
-        // (sharp edge 2). Passing it lets the agent see EOF (recv() == 0).
-        return SK_PASS;
+        // The FIN's zero-length skb. Any queueing of it on a psock breaks that socket: the
+        // backlog worker treats a 0-byte send/ingress as a hard error, sets EPIPE and stops
+        // transmitting. Redirected, it kills the peer (sharp edge 2); passed while this
+        // socket's own psock queue holds redirected data for it, it kills this socket's
+        // transmit side and strands that data (measured: ~1-4 MB lost per 16 MiB). Dropping
+        // it is safe: TCP has already set RCV_SHUTDOWN, so the agent still sees EOF
+        // (EPOLLRDHUP, recv() == 0).
+        return SK_DROP;
     }
     // SAFETY: no side effects.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -58,7 +73,7 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     let mut peer = unsafe { G6_PEERS.get(cookie) }.copied().unwrap_or(0);
     // Once a byte was passed locally, the agent relays this direction: redirecting later bytes
     // could overtake the passed ones, so passing is sticky.
-    if peer != 0 && st.passed_bytes == 0 {
+    if peer != 0 && st.passed_bytes == 0 && within_budget(cookie, st.redirected_bytes + len) {
         // Count first: a concurrent drain check must never see fewer bytes than are in flight.
         st.redirected_bytes += len;
         if G6_SOCKS.redirect_skb(ctx, &mut peer, 0) == i64::from(SK_PASS) {
@@ -72,6 +87,15 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     st.peer = 0;
     st.passed_bytes += len;
     SK_PASS
+}
+
+#[inline(always)]
+fn within_budget(cookie: u64, total: u64) -> bool {
+    // SAFETY: u64 value, read once; the agent replaces (never mutates) elements.
+    match unsafe { G6_BUDGET.get(cookie) } {
+        Some(budget) => total <= *budget,
+        None => true,
+    }
 }
 
 /// Turn and response-time bookkeeping (SPEC §6 "RT sample"), cheap enough for every data skb.

@@ -192,8 +192,16 @@ where
     if raw.version {
         return Ok(Invocation::Version);
     }
-    let threads = raw.threads.as_deref().map(|v| positive("-t", v)).transpose()?;
-    let sessions = raw.sessions.as_deref().map(|v| positive("-s", v)).transpose()?;
+    let threads = raw
+        .threads
+        .as_deref()
+        .map(|v| positive("-t", v))
+        .transpose()?;
+    let sessions = raw
+        .sessions
+        .as_deref()
+        .map(|v| positive("-s", v))
+        .transpose()?;
     let log_level = match raw.log_level.as_deref() {
         None => LogLevel::Info,
         Some(v) => LogLevel::parse(v).ok_or_else(|| UsageError {

@@ -93,6 +93,13 @@ pub enum State {
 pub struct Isolation {
     hb: u32,
     state: State,
+    /// An automatic transition (`advance`) not yet reported by `take_unreported`.
+    ///
+    /// Fixed (tests/isolation.rs `moratorium_isolates_a_failed_server_then_it_returns`): any
+    /// reader (`show rules`, a pick) may apply a due transition before the transition timer
+    /// looks, and the timer, seeing no change left, never logged it (SPEC.md §10 WARN on
+    /// server state changes). The flag lets the timer log it whoever applied it.
+    unreported: bool,
 }
 
 impl Isolation {
@@ -104,7 +111,11 @@ impl Isolation {
         } else {
             State::Up
         };
-        Self { hb: hb_secs, state }
+        Self {
+            hb: hb_secs,
+            state,
+            unreported: false,
+        }
     }
 
     pub fn hb(&self) -> u32 {
@@ -133,7 +144,15 @@ impl Isolation {
                 _ => return changed,
             };
             changed = true;
+            self.unreported = true;
         }
+    }
+
+    /// Whether an automatic transition happened since the last call (whoever applied it);
+    /// explicit changes (failure, disable, enable, heartbeat) are logged by their callers
+    /// and clear it.
+    pub fn take_unreported(&mut self) -> bool {
+        std::mem::take(&mut self.unreported)
     }
 
     pub fn is_available(&mut self, now: Now) -> bool {
@@ -149,6 +168,7 @@ impl Isolation {
     /// A repeated failure during a moratorium extends it to now+M, never shortens it.
     pub fn server_failure(&mut self, moratorium_secs: u32, now: Now) {
         self.advance(now);
+        self.unreported = false;
         if moratorium_secs == 0 {
             return;
         }
@@ -163,6 +183,7 @@ impl Isolation {
 
     /// Admin `disable ip port [T]`; `None` or `Some(0)` = until `enable`.
     pub fn disable(&mut self, secs: Option<u32>, now: Now) {
+        self.unreported = false;
         self.state = match secs {
             Some(t) if t > 0 => State::DownUntil(Deadline::after(now, t), DownReason::Disabled),
             _ => State::Down(DownReason::Disabled),
@@ -171,6 +192,7 @@ impl Isolation {
 
     /// Admin `enable ip port [T]`; a duration only bounds heartbeat servers.
     pub fn enable(&mut self, secs: Option<u32>, now: Now) {
+        self.unreported = false;
         self.state = match secs {
             Some(t) if t > 0 && self.hb > 0 => State::UpUntil(Deadline::after(now, t)),
             _ => State::Up,
@@ -182,6 +204,7 @@ impl Isolation {
         if self.hb == 0 {
             return false;
         }
+        self.unreported = false;
         self.state = State::UpUntil(Deadline::after(now, self.hb));
         true
     }
@@ -333,6 +356,29 @@ mod tests {
         iso.enable(Some(20), n);
         assert_eq!(iso.triple(n), (30, 0, E + 20));
         assert_eq!(iso.triple(at(n, 20)), (30, 1, 0));
+    }
+
+    #[test]
+    fn transitions_applied_by_readers_are_still_reported() {
+        let n = t0();
+        let mut iso = Isolation::loaded(0);
+        iso.server_failure(10, n);
+        assert!(
+            !iso.take_unreported(),
+            "explicit changes are logged by their callers"
+        );
+        // A reader (`show rules`) applies the expiry first …
+        assert_eq!(iso.triple(at(n, 10)), (0, 0, 0));
+        // … the timer finds nothing left to advance, but still learns of it, once.
+        assert!(!iso.advance(at(n, 10)));
+        assert!(iso.take_unreported());
+        assert!(!iso.take_unreported());
+        // An explicit change after an unreported one supersedes it (its caller logs it).
+        iso.heartbeat(n);
+        iso.disable(Some(5), n);
+        iso.triple(at(n, 5));
+        iso.enable(None, at(n, 6));
+        assert!(!iso.take_unreported());
     }
 
     #[test]

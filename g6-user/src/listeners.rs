@@ -22,16 +22,16 @@ pub fn os_error_text(e: &io::Error) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {}", os_error_text(source))]
+#[error("cannot listen on {addr}: {}", os_error_text(error))]
 pub struct ListenError {
     pub addr: SocketAddr,
-    #[source]
-    pub source: io::Error,
+    // Not `#[source]`: the message already words the OS error, and `{:#}` would repeat it.
+    pub error: io::Error,
 }
 
 /// Binds a fresh listening socket.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let err = |source| ListenError { addr, source };
+    let err = |error| ListenError { addr, error };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     if addr.is_ipv6() {

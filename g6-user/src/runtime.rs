@@ -313,7 +313,10 @@ impl Runtime {
         for (rule, rr) in self.config.rules.iter().zip(&self.rules) {
             for s in &rr.servers {
                 let mut iso = lock(&s.isolation);
-                if iso.advance(now) {
+                iso.advance(now);
+                // Fixed: also report a transition another reader applied first (see
+                // `Isolation::take_unreported`); before, such transitions were never logged.
+                if iso.take_unreported() {
                     changed.push((rule.id.clone(), s.text.clone(), iso.state_name(now)));
                 }
             }

@@ -65,7 +65,10 @@ impl FastPathError {
 /// The first OS error code in an error's source chain.
 fn os_error(mut e: &(dyn Error + 'static)) -> Option<i32> {
     loop {
-        if let Some(code) = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(code) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return Some(code);
         }
         e = e.source()?;

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, SockHash},
     programs::SkSkb,
 };
-use g6_common::{ConnState, MAP_CONNS, MAP_PEERS, MAP_SOCKS, PROG_VERDICT};
+use g6_common::{ConnState, MAP_BUDGET, MAP_CONNS, MAP_PEERS, MAP_SOCKS, PROG_VERDICT};
 
 use super::{EBPF_OBJECT, FastPathError};
 
@@ -18,6 +18,7 @@ use super::{EBPF_OBJECT, FastPathError};
 pub struct FastPath {
     pub(super) socks: Mutex<SockHash<MapData, u64>>,
     pub(super) peers: RwLock<HashMap<MapData, u64, u64>>,
+    pub(super) budget: RwLock<HashMap<MapData, u64, u64>>,
     pub(super) conns: RwLock<HashMap<MapData, u64, ConnState>>,
     /// Owns the program and its attachment to `socks`; dropped last.
     _ebpf: Mutex<Ebpf>,
@@ -42,6 +43,7 @@ impl FastPath {
 
         let socks: SockHash<MapData, u64> = take(&mut ebpf, MAP_SOCKS)?;
         let peers: HashMap<MapData, u64, u64> = take(&mut ebpf, MAP_PEERS)?;
+        let budget: HashMap<MapData, u64, u64> = take(&mut ebpf, MAP_BUDGET)?;
         let conns: HashMap<MapData, u64, ConnState> = take(&mut ebpf, MAP_CONNS)?;
 
         let prog_err = |err| FastPathError::Program {
@@ -59,6 +61,7 @@ impl FastPath {
         Ok(FastPath {
             socks: Mutex::new(socks),
             peers: RwLock::new(peers),
+            budget: RwLock::new(budget),
             conns: RwLock::new(conns),
             _ebpf: Mutex::new(ebpf),
         })
@@ -71,6 +74,9 @@ impl FastPath {
     }
     pub(super) fn peers_mut(&self) -> RwLockWriteGuard<'_, HashMap<MapData, u64, u64>> {
         self.peers.write().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(super) fn budget_mut(&self) -> RwLockWriteGuard<'_, HashMap<MapData, u64, u64>> {
+        self.budget.write().unwrap_or_else(|e| e.into_inner())
     }
     pub(super) fn conns(&self) -> RwLockReadGuard<'_, HashMap<MapData, u64, ConnState>> {
         self.conns.read().unwrap_or_else(|e| e.into_inner())

@@ -4,11 +4,16 @@
 //! Design and measurements: shared/design/ebpf-fastpath.md. The rules a session driver must
 //! follow (each one encoded or helped here):
 //! 1. [`FastPath::insert_pair`] kicks with `SO_RCVLOWAT` so bytes queued before insertion move.
-//! 2. The verdict passes the FIN (zero-length skb) locally: EOF shows as `recv() == 0`.
+//! 2. The verdict never queues the FIN's zero-length skb on a psock (it drops it; TCP has set
+//!    RCV_SHUTDOWN already): EOF shows as EPOLLRDHUP and a non-blocking `recv() == 0`. A
+//!    *blocking* reader woken by the FIN may get one spurious EAGAIN.
 //! 3. Before propagating a FIN to the other socket, wait for [`FastPath::drained`].
 //! 4. There is no kernel backpressure: poll [`FastPath::backlog`]; over a high-water mark call
 //!    [`FastPath::set_peer`]`(src, 0)`, wait until drained, then relay that direction in
-//!    userspace (locally passed bytes are readable from the source socket, in order).
+//!    userspace (locally passed bytes are readable from the source socket, in order). Passing
+//!    is sticky: the kernel never redirects that direction again. An EOF on such a socket is
+//!    final only once the agent has read `state(src).passed_bytes` bytes from it (passed skbs
+//!    can still be on their way into the socket when the FIN is seen).
 //! 5. [`FastPath::remove_pair`] only after both directions ended and drained, or on abort.
 //!
 //! Start-up calls [`probe`]; any error means "sockmap unavailable, reason ...".
@@ -33,6 +38,12 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub fn object_embedded() -> bool {
     !EBPF_OBJECT.is_empty()
 }
+
+// The session driver shares one FastPath between relay threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<FastPath>();
+};
 
 /// Load, attach and self-test: what start-up calls to decide whether `sockmap` is available.
 pub fn probe() -> Result<FastPath, FastPathError> {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::MapError;
-use g6_common::{ConnState, MAP_CONNS, MAP_PEERS, MAP_SOCKS};
+use g6_common::{ConnState, MAP_BUDGET, MAP_CONNS, MAP_PEERS, MAP_SOCKS};
 
 use super::{FastPath, FastPathError, sys};
 
@@ -82,7 +82,15 @@ impl FastPath {
         }
         if kick {
             for fd in [a, b] {
-                sys::set_rcvlowat(fd, 1).map_err(FastPathError::socket("SO_RCVLOWAT", fd))?;
+                if let Err(e) = sys::set_rcvlowat(fd, 1) {
+                    // An error means "not accelerated": the caller has no keys to remove.
+                    self.remove_pair(keys);
+                    return Err(FastPathError::Socket {
+                        op: "SO_RCVLOWAT",
+                        fd,
+                        err: e,
+                    });
+                }
             }
         }
         Ok(keys)
@@ -129,6 +137,15 @@ impl FastPath {
             .map_err(map_err(MAP_PEERS, "update", cookie))
     }
 
+    /// Caps the bytes `cookie` may have redirected in total; past it the verdict passes data
+    /// locally (for good). The session driver keeps it at "arrived at the peer + high-water
+    /// mark", so the kernel never holds more than the mark for a pair, even between looks.
+    pub fn set_budget(&self, cookie: u64, total: u64) -> Result<(), FastPathError> {
+        self.budget_mut()
+            .insert(cookie, total, 0)
+            .map_err(map_err(MAP_BUDGET, "update", cookie))
+    }
+
     /// Deletes both sockets from `G6_SOCKS`, then their `G6_PEERS` and `G6_CONNS` entries.
     /// Deleting a live socket drops whatever sits in its psock queues: call this only after
     /// both directions reached EOF and drained, or on abort. Entries already gone (a closed
@@ -145,6 +162,12 @@ impl FastPath {
             let mut peers = self.peers_mut();
             for k in both {
                 ignore_missing(MAP_PEERS, k, peers.remove(&k));
+            }
+        }
+        {
+            let mut budget = self.budget_mut();
+            for k in both {
+                ignore_missing(MAP_BUDGET, k, budget.remove(&k));
             }
         }
         let mut conns = self.conns_mut();
@@ -221,7 +244,11 @@ impl FastPath {
     }
 }
 
-fn map_err(map: &'static str, op: &'static str, key: u64) -> impl FnOnce(MapError) -> FastPathError {
+fn map_err(
+    map: &'static str,
+    op: &'static str,
+    key: u64,
+) -> impl FnOnce(MapError) -> FastPathError {
     move |err| FastPathError::Map { map, op, key, err }
 }
 

@@ -39,7 +39,8 @@ impl Rig {
         let c2 = TcpStream::connect(addr).map_err(io_fail("connect"))?;
         let (b, _) = l.accept().map_err(io_fail("accept"))?;
         for s in [&c1, &a, &c2, &b] {
-            s.set_read_timeout(Some(STEP)).map_err(io_fail("SO_RCVTIMEO"))?;
+            s.set_read_timeout(Some(STEP))
+                .map_err(io_fail("SO_RCVTIMEO"))?;
             s.set_nodelay(true).map_err(io_fail("TCP_NODELAY"))?;
         }
         Ok(Rig { c1, a, c2, b })
@@ -64,8 +65,8 @@ impl FastPath {
         let keys = {
             // Sharp edge 1: queued before insertion, delivered only thanks to the kick.
             r.c1.write_all(b"x").map_err(io_fail("c1 write"))?;
-            let rev = sys::poll_one(r.a.as_raw_fd(), libc::POLLIN, 1000)
-                .map_err(io_fail("poll a"))?;
+            let rev =
+                sys::poll_one(r.a.as_raw_fd(), libc::POLLIN, 1000).map_err(io_fail("poll a"))?;
             if rev & libc::POLLIN == 0 {
                 return Err(fail("loopback byte did not arrive before insertion"));
             }
@@ -78,12 +79,17 @@ impl FastPath {
 }
 
 fn run_checks(fp: &FastPath, r: &mut Rig) -> Result<(), FastPathError> {
-    expect_byte(&mut r.c2, b'x', "byte queued before insertion not redirected after the kick")?;
+    expect_byte(
+        &mut r.c2,
+        b'x',
+        "byte queued before insertion not redirected after the kick",
+    )?;
     r.c2.write_all(b"y").map_err(io_fail("c2 write"))?;
     expect_byte(&mut r.c1, b'y', "reverse direction not redirected")?;
 
     // EOF: the FIN must reach `a` itself (recv() == 0), not be redirected (sharp edge 2).
-    r.c1.shutdown(Shutdown::Write).map_err(io_fail("c1 shutdown"))?;
+    r.c1.shutdown(Shutdown::Write)
+        .map_err(io_fail("c1 shutdown"))?;
     let mut buf = [0u8; 8];
     match r.a.read(&mut buf) {
         Ok(0) => {}
@@ -92,7 +98,8 @@ fn run_checks(fp: &FastPath, r: &mut Rig) -> Result<(), FastPathError> {
     }
     // A redirected FIN breaks b asynchronously (kworker); give it time to show, while
     // checking that b -> a still flows after the half-close.
-    r.c2.write_all(b"z").map_err(io_fail("c2 write after FIN"))?;
+    r.c2.write_all(b"z")
+        .map_err(io_fail("c2 write after FIN"))?;
     expect_byte(&mut r.c1, b'z', "redirect after half-close")?;
     thread::sleep(Duration::from_millis(5));
     for (name, s) in [("b", &r.b), ("a", &r.a)] {
@@ -108,7 +115,8 @@ fn run_checks(fp: &FastPath, r: &mut Rig) -> Result<(), FastPathError> {
         }
     }
     // b's transmit side must still work (a redirected FIN disables it).
-    r.b.write_all(b"w").map_err(io_fail("write on b after FIN"))?;
+    r.b.write_all(b"w")
+        .map_err(io_fail("write on b after FIN"))?;
     expect_byte(&mut r.c2, b'w', "b cannot transmit after FIN")?;
     let st = fp.state(fp_cookie(&r.a)?).unwrap_or_default();
     if st.redirected_bytes != 1 || st.passed_bytes != 0 {
