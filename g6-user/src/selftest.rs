@@ -14,9 +14,9 @@ pub fn check(path: DataPath) -> Result<(), String> {
     match path {
         DataPath::Copy => Ok(()),
         DataPath::Splice => splice_roundtrip().map_err(|e| format!("splice self-test failed: {e}")),
-        DataPath::Sockmap => Err(
-            "the sockmap session driver is not part of this build yet".to_string(),
-        ),
+        DataPath::Sockmap => crate::fastpath::probe()
+            .map(drop)
+            .map_err(|e| format!("sockmap self-test failed: {e}")),
     }
 }
 

@@ -158,10 +158,12 @@ async fn serve(
     setup: WorkerSetup,
 ) -> i32 {
     let cfg = Arc::new(cfg);
+    let (data_path, accelerator) = load_fast_path(setup.data_path);
     let shared = Shared::new(
         Runtime::new(cfg.clone()),
         SlotPool::new(setup.sessions),
-        setup.data_path,
+        data_path,
+        accelerator,
     );
     let mut listeners = Listeners {
         shared: shared.clone(),
@@ -228,6 +230,21 @@ async fn serve(
                 tracing::info!("worker: all sessions done");
                 return 0;
             }
+        }
+    }
+}
+
+/// Each worker loads its own maps (a crashed worker's entries die with it). The monitor's
+/// self-test already passed; a failure here still falls back, with the reason logged.
+fn load_fast_path(path: DataPath) -> (DataPath, Option<crate::proxy::sockmap::Accelerator>) {
+    if path != DataPath::Sockmap {
+        return (path, None);
+    }
+    match crate::fastpath::FastPath::load() {
+        Ok(fp) => (path, Some(crate::proxy::sockmap::Accelerator::new(fp))),
+        Err(e) => {
+            tracing::warn!("worker: sockmap unavailable ({e}); using splice");
+            (DataPath::Splice, None)
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod pool;
 pub mod registry;
 pub mod relay;
 pub mod session;
+pub mod sockmap;
 
 use std::fs::File;
 use std::io;
@@ -35,11 +36,19 @@ pub struct Shared {
     /// Held open so that, when descriptors run out, one can be freed to accept and refuse.
     reserve_fd: Mutex<Option<File>>,
     listeners: Mutex<Vec<Arc<ListenerInfo>>>,
+    /// The loaded eBPF fast path when the data path is `sockmap`.
+    pub accelerator: Option<sockmap::Accelerator>,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, slots: Arc<SlotPool>, data_path: DataPath) -> Arc<Self> {
+    pub fn new(
+        runtime: Runtime,
+        slots: Arc<SlotPool>,
+        data_path: DataPath,
+        accelerator: Option<sockmap::Accelerator>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
+            accelerator,
             runtime: ArcSwap::from_pointee(runtime),
             registry: Arc::new(Registry::default()),
             slots,

@@ -119,11 +119,16 @@ impl Traffic {
         (self.start.elapsed().as_millis() as u64).saturating_sub(self.last_ms.load(Relaxed))
     }
 
+    /// Time since the last byte moved either way.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(self.idle_ms())
+    }
+
     fn last_activity(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Relaxed))
     }
 
-    fn mark_eof(&self, side: Side) {
+    pub fn mark_eof(&self, side: Side) {
         match side {
             Side::Client => self.client_eof.store(true, Relaxed),
             Side::Server => self.server_eof.store(true, Relaxed),
@@ -133,7 +138,8 @@ impl Traffic {
         }
     }
 
-    fn first_close(&self) -> CloseReason {
+    /// `client_close` or `server_close`: the side whose EOF came first.
+    pub fn first_close(&self) -> CloseReason {
         if self.first_eof_client.load(Relaxed) {
             CloseReason::ClientClose
         } else {
@@ -157,6 +163,35 @@ pub struct SessionMeters<'a> {
     pub server: &'a Arc<ServerRuntime>,
 }
 
+impl SessionMeters<'_> {
+    /// Counts `n` bytes delivered from `from`'s side to the other (session, rule, server).
+    pub fn add_delivered(&self, from: Side, n: u64) {
+        let (session, rule, server) = match from {
+            Side::Client => (
+                &self.traffic.bytes_in,
+                &self.rule.counters.bytes_in,
+                &self.server.bytes_in,
+            ),
+            Side::Server => (
+                &self.traffic.bytes_out,
+                &self.rule.counters.bytes_out,
+                &self.server.bytes_out,
+            ),
+        };
+        session.fetch_add(n, Relaxed);
+        rule.fetch_add(n, Relaxed);
+        server.fetch_add(n, Relaxed);
+    }
+}
+
+/// Decides whether an EOF read from a side's socket is final, given the bytes read from it
+/// so far. Only the sockmap path needs one: after it leaves the fast path, the FIN can be
+/// seen before every byte the kernel passed to the socket is readable.
+pub type EofGate<'a> = &'a (dyn Fn(Side, u64) -> bool + Sync);
+
+/// How long a gated EOF may wait for its bytes before it is taken as final anyway.
+const EOF_GATE_LIMIT: Duration = Duration::from_secs(5);
+
 struct Pump<'a> {
     from: &'a TcpStream,
     to: &'a TcpStream,
@@ -164,6 +199,9 @@ struct Pump<'a> {
     side: Side,
     meters: &'a SessionMeters<'a>,
     rt: &'a RtProbe,
+    eof_gate: Option<EofGate<'a>>,
+    /// Bytes read from `from` by this pump.
+    read: AtomicU64,
 }
 
 /// How a pump failed, naming the socket at fault.
@@ -195,23 +233,28 @@ impl Pump<'_> {
     fn delivered(&self, n: usize) {
         let m = self.meters;
         m.traffic.touch();
-        let n = n as u64;
-        match self.side {
-            Side::Client => {
-                m.traffic.bytes_in.fetch_add(n, Relaxed);
-                m.rule.counters.bytes_in.fetch_add(n, Relaxed);
-                m.server.bytes_in.fetch_add(n, Relaxed);
-                if self.rt.turn_open.swap(false, Relaxed) {
-                    let now = m.traffic.start.elapsed().as_micros() as u64;
-                    self.rt.pending_us.store(now.max(1), Relaxed);
-                }
-            }
-            Side::Server => {
-                m.traffic.bytes_out.fetch_add(n, Relaxed);
-                m.rule.counters.bytes_out.fetch_add(n, Relaxed);
-                m.server.bytes_out.fetch_add(n, Relaxed);
-            }
+        m.add_delivered(self.side, n as u64);
+        if self.side == Side::Client && self.rt.turn_open.swap(false, Relaxed) {
+            let now = m.traffic.start.elapsed().as_micros() as u64;
+            self.rt.pending_us.store(now.max(1), Relaxed);
         }
+    }
+
+    /// False while an EOF gate says bytes are still due on `from` (retry shortly).
+    async fn eof_is_final(&self, since: &mut Option<Instant>) -> bool {
+        let Some(gate) = self.eof_gate else {
+            return true;
+        };
+        if gate(self.side, self.read.load(Relaxed)) {
+            return true;
+        }
+        let first = *since.get_or_insert_with(Instant::now);
+        if first.elapsed() > EOF_GATE_LIMIT {
+            tracing::warn!("relay: EOF taken as final with bytes still announced");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        false
     }
 
     /// Bytes arrived from the server: closes an RT turn.
@@ -241,6 +284,26 @@ impl Pump<'_> {
         }
     }
 
+    /// Waits until `to` can take more bytes, or until `from` fails meanwhile.
+    ///
+    /// Fix (SPEC.md §5.5 "Reset": bytes already read are passed on *without waiting*, then
+    /// the other socket is reset): a pump blocked writing used to wait on `to` alone, and
+    /// the other pump waits on `to` too, so a reset of `from` went unnoticed for as long as
+    /// the receiver did not read (for ever with a receiver that never reads: the session
+    /// hung, no reset was passed on, no access line). Now an error on `from` ends the pump
+    /// as `from`'s reset, dropping only what the receiver would not take. Writability wins
+    /// when both are ready, so a receiver that still takes bytes gets them.
+    async fn wait_writable(&self) -> Result<(), PumpError> {
+        tokio::select! {
+            biased;
+            r = self.to.writable() => r.map_err(|e| self.write_error(e)),
+            r = self.from.ready(Interest::ERROR) => Err(match r {
+                Ok(_) => PumpError::Reset(self.side),
+                Err(e) => self.read_error(e),
+            }),
+        }
+    }
+
     async fn write_all(&self, mut data: &[u8]) -> Result<(), PumpError> {
         while !data.is_empty() {
             match self.to.try_write(data) {
@@ -248,9 +311,7 @@ impl Pump<'_> {
                     self.delivered(n);
                     data = &data[n..];
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.to.writable().await.map_err(|e| self.write_error(e))?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable().await?,
                 Err(e) => return Err(self.write_error(e)),
             }
         }
@@ -258,6 +319,7 @@ impl Pump<'_> {
     }
 
     async fn run_copy(&self) -> Result<(), PumpError> {
+        let mut gated_since = None;
         loop {
             self.from.readable().await.map_err(|e| self.read_error(e))?;
             let mut buf = pool::take_buffer();
@@ -265,9 +327,12 @@ impl Pump<'_> {
             match result {
                 Ok(0) => {
                     pool::give_buffer(buf);
-                    return self.eof();
+                    if self.eof_is_final(&mut gated_since).await {
+                        return self.eof();
+                    }
                 }
                 Ok(n) => {
+                    self.read.fetch_add(n as u64, Relaxed);
                     self.server_bytes_arrived();
                     let written = self.write_all(&buf[..n]).await;
                     pool::give_buffer(buf);
@@ -317,7 +382,7 @@ impl Pump<'_> {
                         in_pipe -= n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.to.writable().await.map_err(|e| self.write_error(e))?;
+                        self.wait_writable().await?;
                     }
                     // The pipe still holds bytes: drop it rather than return it to the pool.
                     Err(e) => return Err(self.write_error(e)),
@@ -346,7 +411,8 @@ async fn idle_expired(traffic: &Traffic, idle: Duration) {
     }
 }
 
-fn reset(stream: &TcpStream) {
+/// Closes `stream` with a reset (linger 0) when it is dropped.
+pub fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
@@ -359,6 +425,18 @@ pub async fn relay(
     meters: &SessionMeters<'_>,
     idle: Duration,
 ) -> CloseReason {
+    relay_gated(path, client, server, meters, idle, None).await
+}
+
+/// [`relay`] with an [`EofGate`] (the sockmap path after it left the kernel).
+pub async fn relay_gated(
+    path: DataPath,
+    client: &TcpStream,
+    server: &TcpStream,
+    meters: &SessionMeters<'_>,
+    idle: Duration,
+    eof_gate: Option<EofGate<'_>>,
+) -> CloseReason {
     let rt = RtProbe {
         turn_open: AtomicBool::new(true),
         pending_us: AtomicU64::new(0),
@@ -369,6 +447,8 @@ pub async fn relay(
         side: Side::Client,
         meters,
         rt: &rt,
+        eof_gate,
+        read: AtomicU64::new(0),
     };
     let down = Pump {
         from: server,
@@ -376,6 +456,8 @@ pub async fn relay(
         side: Side::Server,
         meters,
         rt: &rt,
+        eof_gate,
+        read: AtomicU64::new(0),
     };
     meters.traffic.touch();
     let both = async { tokio::try_join!(up.run(path), down.run(path)) };

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connect::{self, ConnectError};
 use super::registry::{ListenerInfo, ProxyInfo, Registration};
 use super::relay::{self, CloseReason, DataPath, SessionMeters};
+use super::sockmap;
 use crate::isolation::Now;
 use crate::limits::{Permit, SlotPermit};
 use crate::runtime::{Chosen, Runtime, lock};
@@ -59,15 +59,15 @@ pub fn access_log(
 
 /// Completes if the client resets while we connect for it (a FIN or early data is fine:
 /// the request may be complete already, or the server may speak first).
+///
+/// Fixed (tests/balance.rs `client_reset_during_connect_aborts_without_penalty`): this used
+/// to act on the first `ready(READABLE)`, but readiness may be spurious — tokio reports a
+/// freshly accepted socket readable at once — and a readiness that was neither an error nor
+/// a closed read side made it wait forever, so a client reset during the connect was never
+/// noticed (the session sat in CONNECTING until the connect ended). `peek` waits through
+/// spurious readiness and consumes nothing: Ok = EOF or data (fine), Err = reset.
 async fn client_reset(client: &TcpStream) {
-    let reset = match client.ready(Interest::READABLE).await {
-        Ok(r) if r.is_error() => true,
-        // EOF or RST: peek tells them apart without consuming request bytes.
-        Ok(r) if r.is_read_closed() => client.peek(&mut [0u8; 1]).await.is_err(),
-        Ok(_) => false,
-        Err(_) => true,
-    };
-    if !reset {
+    if client.peek(&mut [0u8; 1]).await.is_ok() {
         std::future::pending::<()>().await;
     }
 }
@@ -158,7 +158,20 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
                 rule: rr,
                 server: &chosen.server,
             };
-            let reason = relay::relay(path, &a.client, &server_stream, &meters, idle).await;
+            let reason = match &shared.accelerator {
+                Some(acc) if path == DataPath::Sockmap => {
+                    sockmap::relay(
+                        acc,
+                        DataPath::Splice,
+                        &a.client,
+                        &server_stream,
+                        &meters,
+                        idle,
+                    )
+                    .await
+                }
+                _ => relay::relay(path, &a.client, &server_stream, &meters, idle).await,
+            };
             drop(server_stream);
             (reason, Some(chosen.server.entry.addr), Some(path))
         }

@@ -1,0 +1,1418 @@
+//! Aggregation (medians, min–max, per-round ratios to `direct` and to the best peer) and the
+//! outputs: results.json (everything, raw samples included), results.md and chart.svg.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{DataPath, Kind, Meta, Sample, Target};
+
+/// A figure: which test produces it, its key in `Sample::metrics`, and which way is better.
+pub struct Metric {
+    pub test: &'static str,
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub higher_better: bool,
+}
+
+const fn m(
+    test: &'static str,
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    higher_better: bool,
+) -> Metric {
+    Metric {
+        test,
+        key,
+        label,
+        unit,
+        higher_better,
+    }
+}
+
+pub const METRICS: &[Metric] = &[
+    m("conn", "rate", "new connections per second", "conn/s", true),
+    m(
+        "conn",
+        "cpu_machine_s_per_10k",
+        "CPU per 10k connections, machine",
+        "s",
+        false,
+    ),
+    m(
+        "conn",
+        "cpu_attr_s_per_10k",
+        "CPU per 10k connections, attributed",
+        "s",
+        false,
+    ),
+    m(
+        "conn",
+        "cpu_proxy_s_per_10k",
+        "CPU per 10k connections, proxy + kthreads",
+        "s",
+        false,
+    ),
+    m(
+        "conn",
+        "p50_us",
+        "connection + request latency p50",
+        "µs",
+        false,
+    ),
+    m(
+        "conn",
+        "p99_us",
+        "connection + request latency p99",
+        "µs",
+        false,
+    ),
+    m(
+        "keepalive",
+        "rate",
+        "keep-alive requests per second",
+        "req/s",
+        true,
+    ),
+    m("keepalive", "p50_us", "keep-alive latency p50", "µs", false),
+    m("keepalive", "p99_us", "keep-alive latency p99", "µs", false),
+    m(
+        "keepalive",
+        "cpu_machine_us_per_req",
+        "CPU per keep-alive request, machine",
+        "µs",
+        false,
+    ),
+    m(
+        "keepalive",
+        "cpu_attr_us_per_req",
+        "CPU per keep-alive request, attributed",
+        "µs",
+        false,
+    ),
+    m(
+        "keepalive",
+        "cpu_proxy_us_per_req",
+        "CPU per keep-alive request, proxy + kthreads",
+        "µs",
+        false,
+    ),
+    m(
+        "file",
+        "rate",
+        "100 KiB responses per second",
+        "resp/s",
+        true,
+    ),
+    m(
+        "file",
+        "gbit_s",
+        "100 KiB responses, throughput",
+        "Gbit/s",
+        true,
+    ),
+    m(
+        "file",
+        "p99_us",
+        "100 KiB response latency p99",
+        "µs",
+        false,
+    ),
+    m(
+        "file",
+        "cpu_machine_s_per_gb",
+        "CPU per GB of 100 KiB responses, machine",
+        "s",
+        false,
+    ),
+    m(
+        "file",
+        "cpu_attr_s_per_gb",
+        "CPU per GB of 100 KiB responses, attributed",
+        "s",
+        false,
+    ),
+    m(
+        "file",
+        "cpu_proxy_s_per_gb",
+        "CPU per GB of 100 KiB responses, proxy + kthreads",
+        "s",
+        false,
+    ),
+    m(
+        "bulk1",
+        "gbit_s",
+        "bulk throughput, 1 stream",
+        "Gbit/s",
+        true,
+    ),
+    m(
+        "bulk1",
+        "cpu_machine_s_per_gb",
+        "CPU per GB bulk ×1, machine",
+        "s",
+        false,
+    ),
+    m(
+        "bulk1",
+        "cpu_attr_s_per_gb",
+        "CPU per GB bulk ×1, attributed",
+        "s",
+        false,
+    ),
+    m(
+        "bulk1",
+        "cpu_proxy_s_per_gb",
+        "CPU per GB bulk ×1, proxy + kthreads",
+        "s",
+        false,
+    ),
+    m(
+        "bulk8",
+        "gbit_s",
+        "bulk throughput, 8 streams",
+        "Gbit/s",
+        true,
+    ),
+    m(
+        "bulk8",
+        "cpu_machine_s_per_gb",
+        "CPU per GB bulk ×8, machine",
+        "s",
+        false,
+    ),
+    m(
+        "bulk8",
+        "cpu_attr_s_per_gb",
+        "CPU per GB bulk ×8, attributed",
+        "s",
+        false,
+    ),
+    m(
+        "bulk8",
+        "cpu_proxy_s_per_gb",
+        "CPU per GB bulk ×8, proxy + kthreads",
+        "s",
+        false,
+    ),
+    m(
+        "idle",
+        "rss_b_per_conn",
+        "RSS growth per idle connection",
+        "B",
+        false,
+    ),
+    m(
+        "idle",
+        "pss_b_per_conn",
+        "PSS growth per idle connection",
+        "B",
+        false,
+    ),
+    m(
+        "start",
+        "rss_mb",
+        "RSS after start (all processes)",
+        "MB",
+        false,
+    ),
+    m(
+        "start",
+        "pss_mb",
+        "PSS after start (all processes)",
+        "MB",
+        false,
+    ),
+];
+
+fn metric(test: &str, key: &str) -> Option<&'static Metric> {
+    METRICS.iter().find(|m| m.test == test && m.key == key)
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+fn stat(mut v: Vec<f64>) -> Option<Stat> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Stat {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        n,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub target: String,
+    pub test: String,
+    pub metric: String,
+    pub label: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    /// Over the rounds whose sample had no error.
+    pub value: Option<Stat>,
+    /// Per round: value / direct's value in that round.
+    pub vs_direct: Option<Stat>,
+    /// Per round: value / the best peer's value (HAProxy or nginx) in that round.
+    pub vs_best_peer: Option<Stat>,
+    pub rounds: usize,
+    pub rounds_with_errors: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub targets: Vec<Target>,
+    /// Recomputed from the samples when read back.
+    #[serde(skip_deserializing)]
+    pub summary: Vec<Row>,
+    pub samples: Vec<Sample>,
+}
+
+impl Results {
+    pub fn new(meta: Meta, targets: Vec<Target>, samples: Vec<Sample>) -> Results {
+        let summary = summarize(&targets, &samples);
+        Results {
+            meta,
+            targets,
+            summary,
+            samples,
+        }
+    }
+
+    /// Reads a results.json written by [`write`] (to render it again).
+    pub fn read(path: &Path) -> Result<Results> {
+        let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let r: Results =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        Ok(Results::new(r.meta, r.targets, r.samples))
+    }
+
+    /// Paths under the workspace root are shown relative to it.
+    pub fn relative_to(mut self, root: &Path) -> Results {
+        let prefix = format!("{}/", root.display());
+        let rel = |s: &mut String| *s = s.replace(&prefix, "");
+        for t in &mut self.targets {
+            rel(&mut t.command);
+            rel(&mut t.config);
+        }
+        for c in self.meta.commands.values_mut() {
+            rel(c);
+        }
+        for s in &mut self.samples {
+            if let Some(l) = &mut s.load {
+                rel(&mut l.command);
+            }
+        }
+        self
+    }
+
+    fn row(&self, target: &str, test: &str, key: &str) -> Option<&Row> {
+        self.summary
+            .iter()
+            .find(|r| r.target == target && r.test == test && r.metric == key)
+    }
+
+    fn kind(&self, target: &str) -> Option<Kind> {
+        self.targets
+            .iter()
+            .find(|t| t.name == target)
+            .map(|t| t.kind)
+    }
+}
+
+fn summarize(targets: &[Target], samples: &[Sample]) -> Vec<Row> {
+    let kind_of = |name: &str| targets.iter().find(|t| t.name == name).map(|t| t.kind);
+    // (test, round, target) -> ok sample
+    let ok = |test: &str, round: u32, target: &str| {
+        samples
+            .iter()
+            .find(|s| s.ok && s.test == test && s.round == round && s.target == target)
+    };
+    let mut rows = Vec::new();
+    for t in targets {
+        for mt in METRICS {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.target == t.name && s.test == mt.test)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let value = |s: &Sample| s.metrics.get(mt.key).copied();
+            let mut values = Vec::new();
+            let mut vs_direct = Vec::new();
+            let mut vs_peer = Vec::new();
+            for s in mine.iter().filter(|s| s.ok) {
+                let Some(v) = value(s) else { continue };
+                values.push(v);
+                if let Some(d) = ok(mt.test, s.round, "direct").and_then(value) {
+                    vs_direct.push(v / d);
+                }
+                let peers: Vec<f64> = targets
+                    .iter()
+                    .filter(|p| kind_of(&p.name).is_some_and(Kind::is_peer))
+                    .filter_map(|p| ok(mt.test, s.round, &p.name).and_then(value))
+                    .filter(|x| x.is_finite())
+                    .collect();
+                let best = if mt.higher_better {
+                    peers.iter().copied().reduce(f64::max)
+                } else {
+                    peers.iter().copied().reduce(f64::min)
+                };
+                if let Some(b) = best {
+                    vs_peer.push(v / b);
+                }
+            }
+            rows.push(Row {
+                target: t.name.clone(),
+                test: mt.test.into(),
+                metric: mt.key.into(),
+                label: mt.label.into(),
+                unit: mt.unit.into(),
+                higher_is_better: mt.higher_better,
+                value: stat(values),
+                vs_direct: stat(vs_direct),
+                vs_best_peer: stat(vs_peer),
+                rounds: mine.len(),
+                rounds_with_errors: mine.iter().filter(|s| !s.ok).count(),
+            });
+        }
+    }
+    rows
+}
+
+/// A number with about three significant digits.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if !v.is_finite() {
+        "—".into()
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn ratio(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}×")
+    } else {
+        "—".into()
+    }
+}
+
+fn stat_cell(s: &Stat, f: fn(f64) -> String) -> String {
+    if s.n > 1 {
+        format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max))
+    } else {
+        f(s.median)
+    }
+}
+
+/// The cell of a figure: median [min–max]; flagged when a round had errors.
+fn cell(r: &Results, target: &str, test: &str, key: &str, which: Which) -> String {
+    let Some(row) = r.row(target, test, key) else {
+        return "—".into();
+    };
+    let s = match which {
+        Which::Value => row.value,
+        Which::Direct => row.vs_direct,
+        Which::Peer => row.vs_best_peer,
+    };
+    let f = if matches!(which, Which::Value) {
+        num
+    } else {
+        ratio
+    };
+    let mut c = match s {
+        Some(s) => stat_cell(&s, f),
+        None if row.rounds_with_errors > 0 => "⚠ failed".into(),
+        None => "—".into(),
+    };
+    if row.rounds_with_errors > 0 && s.is_some() {
+        c = format!(
+            "⚠ {c} ({}/{} rounds had errors)",
+            row.rounds_with_errors, row.rounds
+        );
+    }
+    c
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Value,
+    Direct,
+    Peer,
+}
+
+fn label(r: &Results, t: &Target) -> String {
+    match t.kind {
+        Kind::G6 { path } if t.data_path != path.as_str() => {
+            format!("{} (runs {})", t.name, t.data_path)
+        }
+        _ => t.name.clone(),
+    }
+    .replace('|', "/")
+    .to_string()
+        + if r.kind(&t.name) == Some(Kind::Direct) {
+            " (no proxy)"
+        } else {
+            ""
+        }
+}
+
+fn table(
+    out: &mut String,
+    r: &Results,
+    head: &[&str],
+    cols: &[(&str, &str, Which)],
+    skip_direct: bool,
+) {
+    let _ = writeln!(out, "| target | {} |", head.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(head.len()));
+    for t in &r.targets {
+        if skip_direct && t.kind == Kind::Direct {
+            continue;
+        }
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(test, key, which)| cell(r, &t.name, test, key, *which))
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", label(r, t), cells.join(" | "));
+    }
+    out.push('\n');
+}
+
+/// G6's goals: a figure, and a threshold on its ratio to the best peer or on its value.
+struct Goal {
+    test: &'static str,
+    key: &'static str,
+    /// The whole-machine variant of a CPU figure, shown beside it (with the proxy-only one).
+    machine_key: Option<&'static str>,
+    text: &'static str,
+    threshold: f64,
+    vs_peer: bool,
+    at_least: bool,
+}
+
+const fn goal(
+    test: &'static str,
+    key: &'static str,
+    machine_key: Option<&'static str>,
+    text: &'static str,
+    threshold: f64,
+    vs_peer: bool,
+    at_least: bool,
+) -> Goal {
+    Goal {
+        test,
+        key,
+        machine_key,
+        text,
+        threshold,
+        vs_peer,
+        at_least,
+    }
+}
+
+const GOALS: &[Goal] = &[
+    goal(
+        "conn",
+        "rate",
+        None,
+        "new connections/s ≥ 1.15× best peer",
+        1.15,
+        true,
+        true,
+    ),
+    goal(
+        "conn",
+        "cpu_attr_s_per_10k",
+        Some("cpu_machine_s_per_10k"),
+        "CPU per 10k connections ≤ 0.8× best peer",
+        0.8,
+        true,
+        false,
+    ),
+    goal(
+        "keepalive",
+        "cpu_attr_us_per_req",
+        Some("cpu_machine_us_per_req"),
+        "keep-alive CPU per request ≤ 0.8× best peer",
+        0.8,
+        true,
+        false,
+    ),
+    goal(
+        "keepalive",
+        "p99_us",
+        None,
+        "keep-alive p99 ≤ best peer",
+        1.0,
+        true,
+        false,
+    ),
+    goal(
+        "bulk1",
+        "gbit_s",
+        None,
+        "bulk throughput, 1 stream ≥ 1.3× best peer",
+        1.3,
+        true,
+        true,
+    ),
+    goal(
+        "bulk8",
+        "gbit_s",
+        None,
+        "bulk throughput, 8 streams ≥ 1.3× best peer",
+        1.3,
+        true,
+        true,
+    ),
+    goal(
+        "bulk1",
+        "cpu_attr_s_per_gb",
+        Some("cpu_machine_s_per_gb"),
+        "bulk CPU per GB, 1 stream ≤ 0.6× best peer",
+        0.6,
+        true,
+        false,
+    ),
+    goal(
+        "bulk8",
+        "cpu_attr_s_per_gb",
+        Some("cpu_machine_s_per_gb"),
+        "bulk CPU per GB, 8 streams ≤ 0.6× best peer",
+        0.6,
+        true,
+        false,
+    ),
+    goal(
+        "idle",
+        "rss_b_per_conn",
+        None,
+        "RSS growth ≤ 2 kB (2000 B) per idle connection",
+        2000.0,
+        false,
+        false,
+    ),
+    goal(
+        "start",
+        "rss_mb",
+        None,
+        "RSS after start ≤ 10 MB",
+        10.0,
+        false,
+        false,
+    ),
+];
+
+fn goal_cell(r: &Results, target: &str, g: &Goal) -> String {
+    let Some(row) = r.row(target, g.test, g.key) else {
+        return "—".into();
+    };
+    let s = if g.vs_peer {
+        row.vs_best_peer
+    } else {
+        row.value
+    };
+    let Some(s) = s else {
+        return if row.rounds_with_errors > 0 {
+            "⚠ failed".into()
+        } else {
+            "—".into()
+        };
+    };
+    let mut shown = if g.vs_peer {
+        stat_cell(&s, ratio)
+    } else {
+        format!("{} {}", stat_cell(&s, num), row.unit)
+    };
+    if let Some(mk) = g.machine_key {
+        let other = |key: &str| {
+            r.row(target, g.test, key)
+                .and_then(|m| m.vs_best_peer)
+                .map_or("—".into(), |m| ratio(m.median))
+        };
+        let proxy_key = g.key.replace("_attr_", "_proxy_");
+        shown.push_str(&format!(
+            " (proxy only {}, machine {})",
+            other(&proxy_key),
+            other(mk)
+        ));
+    }
+    let met = if g.at_least {
+        s.median >= g.threshold
+    } else {
+        s.median <= g.threshold
+    };
+    let flag = if row.rounds_with_errors > 0 {
+        " ⚠"
+    } else {
+        ""
+    };
+    format!(
+        "{} {shown}{flag}",
+        if met { "✅ met:" } else { "❌ missed:" }
+    )
+}
+
+fn version<'a>(m: &'a Meta, k: &str) -> &'a str {
+    m.versions.get(k).map_or("?", String::as_str)
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut o = String::new();
+    let m = &r.meta;
+    let st = &m.settings;
+    let bg = stat(
+        r.samples
+            .iter()
+            .filter_map(|s| s.metrics.get("background_share").copied())
+            .collect(),
+    );
+    let bg_text = bg.map_or("—".into(), |s| {
+        format!(
+            "{:.0} % [{:.0}–{:.0} %]",
+            s.median * 100.0,
+            s.min * 100.0,
+            s.max * 100.0
+        )
+    });
+    let _ = writeln!(
+        o,
+        "# G6 benchmark: side by side with HAProxy and nginx (loopback)\n"
+    );
+    let _ = writeln!(
+        o,
+        "Generated by `cargo xtask bench{}` on {} ({:.0} s). {} round(s) of {} s loads; in each \
+         round every figure is measured for every target in turn (order rotated per round). \
+         Cells: median [min–max] over the rounds; ratios are taken within a round, then \
+         summarised the same way. ⚠ marks a figure where a round had errors (such rounds are \
+         left out and listed under *Errors*). Every proxy runs {} thread(s) (g6 `-t`, HAProxy \
+         `nbthread`, nginx `worker_processes`).\n",
+        if st.quick { " --quick" } else { "" },
+        m.started_utc,
+        m.elapsed_s,
+        st.rounds,
+        st.duration_s,
+        st.threads
+    );
+    let _ = writeln!(
+        o,
+        "Machine: {} vCPU ({}), {} GiB, Linux {}, **shared with other jobs**: load average {} at \
+         start; other jobs used {} of the machine's busy CPU time during the loads. All traffic \
+         on 127.0.0.1. {} (git {}); {}; {}; {}; {}.\n",
+        m.cpus,
+        m.cpu_model,
+        m.mem_total_kb / (1024 * 1024),
+        m.kernel,
+        m.loadavg_start
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        bg_text,
+        version(m, "g6"),
+        m.git,
+        version(m, "haproxy"),
+        version(m, "nginx"),
+        version(m, "wrk"),
+        version(m, "iperf3"),
+    );
+
+    let _ = writeln!(o, "## Throughput and latency\n");
+    table(
+        &mut o,
+        r,
+        &[
+            "new conn/s",
+            "keep-alive req/s",
+            "keep-alive p50 µs",
+            "keep-alive p99 µs",
+            "100 KiB resp/s",
+            "bulk ×1 Gbit/s",
+            "bulk ×8 Gbit/s",
+        ],
+        &[
+            ("conn", "rate", Which::Value),
+            ("keepalive", "rate", Which::Value),
+            ("keepalive", "p50_us", Which::Value),
+            ("keepalive", "p99_us", Which::Value),
+            ("file", "rate", Which::Value),
+            ("bulk1", "gbit_s", Which::Value),
+            ("bulk8", "gbit_s", Which::Value),
+        ],
+        false,
+    );
+
+    let _ = writeln!(o, "## CPU per unit of work\n");
+    let _ = writeln!(
+        o,
+        "CPU time (user + system, so also the softirq network work done in their context) of \
+         every process taking part — load generator, backends, proxy (all its processes and \
+         threads) — plus every kernel thread (kworker, ksoftirqd…), over the load, divided by \
+         the connections, requests or GB received. The load generator and backends do the same \
+         work for every target, so differences come from the proxy.\n"
+    );
+    table(
+        &mut o,
+        r,
+        &[
+            "CPU s / 10k conn",
+            "CPU µs / keep-alive req",
+            "CPU s / GB (100 KiB resp)",
+            "CPU s / GB bulk ×1",
+            "CPU s / GB bulk ×8",
+        ],
+        &[
+            ("conn", "cpu_attr_s_per_10k", Which::Value),
+            ("keepalive", "cpu_attr_us_per_req", Which::Value),
+            ("file", "cpu_attr_s_per_gb", Which::Value),
+            ("bulk1", "cpu_attr_s_per_gb", Which::Value),
+            ("bulk8", "cpu_attr_s_per_gb", Which::Value),
+        ],
+        false,
+    );
+    let _ = writeln!(
+        o,
+        "The proxy's share: its own processes plus kernel threads (for `direct`: kernel threads \
+         only):\n"
+    );
+    table(
+        &mut o,
+        r,
+        &[
+            "proxy CPU s / 10k conn",
+            "proxy CPU µs / keep-alive req",
+            "proxy CPU s / GB (100 KiB)",
+            "proxy CPU s / GB bulk ×1",
+            "proxy CPU s / GB bulk ×8",
+        ],
+        &[
+            ("conn", "cpu_proxy_s_per_10k", Which::Value),
+            ("keepalive", "cpu_proxy_us_per_req", Which::Value),
+            ("file", "cpu_proxy_s_per_gb", Which::Value),
+            ("bulk1", "cpu_proxy_s_per_gb", Which::Value),
+            ("bulk8", "cpu_proxy_s_per_gb", Which::Value),
+        ],
+        false,
+    );
+    let _ = writeln!(
+        o,
+        "Whole machine: busy jiffies of /proc/stat (user + nice + system + irq + softirq) over \
+         the load per unit of work. On this shared machine other jobs keep both vCPUs busy \
+         ({bg_text} of the busy time was theirs), so this figure is close to \
+         (2 CPUs × duration) / work, i.e. the inverse of throughput, rather than a cost; it is \
+         shown for completeness.\n"
+    );
+    table(
+        &mut o,
+        r,
+        &[
+            "machine CPU s / 10k conn",
+            "machine CPU µs / keep-alive req",
+            "machine CPU s / GB (100 KiB)",
+            "machine CPU s / GB bulk ×1",
+            "machine CPU s / GB bulk ×8",
+        ],
+        &[
+            ("conn", "cpu_machine_s_per_10k", Which::Value),
+            ("keepalive", "cpu_machine_us_per_req", Which::Value),
+            ("file", "cpu_machine_s_per_gb", Which::Value),
+            ("bulk1", "cpu_machine_s_per_gb", Which::Value),
+            ("bulk8", "cpu_machine_s_per_gb", Which::Value),
+        ],
+        false,
+    );
+
+    let _ = writeln!(o, "## Memory\n");
+    table(
+        &mut o,
+        r,
+        &[
+            "RSS after start MB",
+            "PSS after start MB",
+            "RSS growth B / idle conn",
+            "PSS growth B / idle conn",
+        ],
+        &[
+            ("start", "rss_mb", Which::Value),
+            ("start", "pss_mb", Which::Value),
+            ("idle", "rss_b_per_conn", Which::Value),
+            ("idle", "pss_b_per_conn", Which::Value),
+        ],
+        true,
+    );
+
+    let _ = writeln!(
+        o,
+        "## Ratios to the best peer\n\n\
+         Best of HAProxy, HAProxy splice-auto and nginx in the same round. Above 1 is better for \
+         rates, below 1 is better for CPU (as above: processes taking part + kernel threads), \
+         latency and memory.\n"
+    );
+    table(
+        &mut o,
+        r,
+        &[
+            "new conn/s",
+            "CPU / 10k conn",
+            "keep-alive req/s",
+            "CPU / req",
+            "p99",
+            "bulk ×1 Gbit/s",
+            "bulk ×8 Gbit/s",
+            "CPU / GB bulk ×1",
+            "CPU / GB bulk ×8",
+            "RSS / idle conn",
+            "RSS after start",
+        ],
+        &[
+            ("conn", "rate", Which::Peer),
+            ("conn", "cpu_attr_s_per_10k", Which::Peer),
+            ("keepalive", "rate", Which::Peer),
+            ("keepalive", "cpu_attr_us_per_req", Which::Peer),
+            ("keepalive", "p99_us", Which::Peer),
+            ("bulk1", "gbit_s", Which::Peer),
+            ("bulk8", "gbit_s", Which::Peer),
+            ("bulk1", "cpu_attr_s_per_gb", Which::Peer),
+            ("bulk8", "cpu_attr_s_per_gb", Which::Peer),
+            ("idle", "rss_b_per_conn", Which::Peer),
+            ("start", "rss_mb", Which::Peer),
+        ],
+        true,
+    );
+    let _ = writeln!(
+        o,
+        "## Ratios to the direct connection (the physical limit)\n"
+    );
+    table(
+        &mut o,
+        r,
+        &[
+            "new conn/s",
+            "keep-alive req/s",
+            "keep-alive p99",
+            "100 KiB resp/s",
+            "bulk ×1 Gbit/s",
+            "bulk ×8 Gbit/s",
+            "CPU / GB bulk ×8",
+        ],
+        &[
+            ("conn", "rate", Which::Direct),
+            ("keepalive", "rate", Which::Direct),
+            ("keepalive", "p99_us", Which::Direct),
+            ("file", "rate", Which::Direct),
+            ("bulk1", "gbit_s", Which::Direct),
+            ("bulk8", "gbit_s", Which::Direct),
+            ("bulk8", "cpu_attr_s_per_gb", Which::Direct),
+        ],
+        true,
+    );
+
+    let g6: Vec<&Target> = r.targets.iter().filter(|t| t.kind.is_g6()).collect();
+    if !g6.is_empty() {
+        let _ = writeln!(
+            o,
+            "## G6 against its goals\n\n\
+             Median [min–max] of the per-round ratios to the best peer (or the value). CPU goals \
+             are judged on the CPU of the processes taking part + kernel threads; in parentheses \
+             the ratio of the proxy's own CPU (+ kernel threads) and of the whole machine's.\n"
+        );
+        let heads: Vec<String> = g6.iter().map(|t| label(r, t)).collect();
+        let _ = writeln!(o, "| goal | {} |", heads.join(" | "));
+        let _ = writeln!(o, "|---|{}", "---|".repeat(heads.len()));
+        for g in GOALS {
+            let cells: Vec<String> = g6.iter().map(|t| goal_cell(r, &t.name, g)).collect();
+            let _ = writeln!(o, "| {} | {} |", g.text, cells.join(" | "));
+        }
+        o.push('\n');
+    }
+
+    let _ = writeln!(o, "## Data paths and commands\n");
+    let _ = writeln!(o, "| target | relay in use | processes | command |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.data_path,
+            if t.kind == Kind::Direct {
+                "—".into()
+            } else {
+                t.processes.to_string()
+            },
+            if t.command.is_empty() {
+                "—".into()
+            } else {
+                format!("`{}`", t.command)
+            }
+        );
+    }
+    o.push('\n');
+    for t in r.targets.iter().filter(|t| !t.data_path_log.is_empty()) {
+        let _ = writeln!(o, "* {} log:", t.name);
+        for l in &t.data_path_log {
+            let _ = writeln!(o, "  `{}`", l.trim());
+        }
+    }
+    if r.targets.iter().any(|t| {
+        matches!(
+            t.kind,
+            Kind::G6 {
+                path: DataPath::Sockmap
+            }
+        ) && t.data_path != "sockmap"
+    }) {
+        let _ = writeln!(
+            o,
+            "\n**Note:** `--data-path sockmap` currently falls back to `splice` inside g6 (the \
+             fast-path session driver is not enabled yet: the log lines above), so the \
+             `g6-sockmap` row measures the splice relay; it is reported as measured."
+        );
+    }
+    o.push('\n');
+
+    let bad: Vec<&Sample> = r.samples.iter().filter(|s| !s.ok).collect();
+    let _ = writeln!(o, "## Errors\n");
+    if bad.is_empty() {
+        let _ = writeln!(
+            o,
+            "None: every load completed without socket errors, non-2xx responses, short \
+             bodies, iperf3 errors or failed connects.\n"
+        );
+    } else {
+        for s in bad {
+            let _ = writeln!(
+                o,
+                "* round {} `{}` {}: {}",
+                s.round,
+                s.test,
+                s.target,
+                s.errors.join("; ")
+            );
+        }
+        o.push('\n');
+    }
+
+    let _ = writeln!(o, "## How each figure is measured\n");
+    let _ = writeln!(
+        o,
+        "* Backends: one nginx (2 worker processes, no access log, long keep-alive) serving two \
+         sites on 127.0.0.1:{b1} and :{b2} (a 600 B page `/index.html` naming its site and a \
+         100 KiB file `/100k.bin`), and `iperf3 -s` on :{ip}. Every proxy has two listeners: \
+         HTTP (round robin over the two sites; checked at start: 4 requests reach both sites \
+         with the right bytes) and bulk (to iperf3). `direct` is wrk to site 1 and iperf3 to \
+         its server, without a proxy.",
+        b1 = st.ports.backend1,
+        b2 = st.ports.backend2,
+        ip = st.ports.iperf
+    );
+    let _ = writeln!(
+        o,
+        "* Fairness: every proxy gets {th} thread(s) (g6 `-t {th}`, its default on 2 CPUs; \
+         HAProxy `nbthread {th}`; nginx `worker_processes {th}`), the same descriptor limit \
+         ({nf}) and capacity ({se} sessions: HAProxy `maxconn`, nginx `worker_connections`), \
+         and no per-connection logging (g6 `--log-level {lvl}`, HAProxy without `log`, nginx \
+         stream without `access_log`). HAProxy runs twice: defaults (recv/send) and `option \
+         splice-auto`. The g6 binary is a private copy of the release build. Configurations: \
+         `results.json` → `targets[].config`.",
+        th = st.threads,
+        nf = st.nofile,
+        se = st.sessions,
+        lvl = st.g6_log_level
+    );
+    for (test, what) in [
+        (
+            "conn",
+            "new connections per second: one connection per request (`Connection: close`); \
+             its latency includes the connect",
+        ),
+        (
+            "keepalive",
+            "keep-alive requests per second and latency p50/p99 (wrk's own histogram, exact µs \
+             through a Lua `done` hook); closed loop, so the latency is taken at saturation",
+        ),
+        ("file", "100 KiB responses over keep-alive connections"),
+        (
+            "bulk1",
+            "bulk upload through the proxy, 1 stream (bytes received by the server)",
+        ),
+        ("bulk8", "the same with 8 parallel streams"),
+    ] {
+        if let Some(c) = m.commands.get(test) {
+            let _ = writeln!(o, "* `{test}`, {what}:  \n  `{c}`");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "* `idle` (once, first in round 1: a second opening reuses the heap the first one grew): \
+         {n} TCP connections to the proxy that send nothing, opened one after another; once the \
+         proxy holds an upstream connection for each (counted in /proc/net/tcp), the growth of \
+         the proxy's memory (VmRSS summed over its processes, and Pss) divided by {n}; then they \
+         are closed and their upstream connections must go away (bounded waits).{cap}",
+        n = st.idle_conns,
+        cap = if st.idle_conns < st.idle_conns_requested {
+            format!(
+                " The descriptor hard limit here is {} and a proxy holds 2 per session, hence \
+                 {} rather than {}.",
+                st.nofile, st.idle_conns, st.idle_conns_requested
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        o,
+        "* RSS after start: VmRSS summed over the proxy's processes (g6: monitor + worker; \
+         nginx: master + worker) once it serves (after the rotation check), settled to ±16 kB. \
+         Pss splits the pages a parent shares with its forked children."
+    );
+    let _ = writeln!(
+        o,
+        "* CPU: utime + stime from /proc/PID/stat (all threads) of the proxy's and the \
+         backends' processes and of every kernel thread (children of kthreadd), and the load \
+         generator's from wait4's rusage, between just before and just after the load; \
+         whole-machine CPU from the first line of /proc/stat. The kernel here uses tick-based \
+         accounting without IRQ time accounting, so softirq work is charged to the task it \
+         interrupted (the processes above, or ksoftirqd)."
+    );
+    let _ = writeln!(
+        o,
+        "* Robustness: every server is awaited by polling (LISTEN in /proc/net/tcp, then an \
+         HTTP 200 through it) with a deadline; each load runs under a timeout; wrk socket \
+         errors, non-2xx responses, short bodies and iperf3 errors flag the sample; before each \
+         load the harness waits until no connection of the previous one is left; all processes \
+         are stopped by PID at the end (also on error or Ctrl-C)."
+    );
+    let _ = writeln!(
+        o,
+        "\nRaw samples (with the CPU split per process group), commands and configurations: \
+         `results.json`."
+    );
+    o
+}
+
+/// One line per sample while the run goes.
+pub fn sample_line(s: &Sample) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (k, v) in &s.metrics {
+        if k == "background_share" || k.contains("attr") {
+            continue;
+        }
+        let unit = metric(&s.test, k).map_or("", |m| m.unit);
+        parts.push(format!("{k} {} {unit}", num(*v)).trim_end().to_string());
+    }
+    let mut line = format!(
+        "r{} {:<9} {:<15} {}",
+        s.round,
+        s.test,
+        s.target,
+        parts.join(", ")
+    );
+    if !s.ok {
+        line.push_str(&format!("  ⚠ {}", s.errors.join("; ")));
+    }
+    line
+}
+
+/// The key rows for the terminal.
+pub fn console_table(r: &Results) -> String {
+    let md = markdown(r);
+    // The first two tables and the goals.
+    let mut out = String::new();
+    let mut keep = false;
+    for line in md.lines() {
+        if line.starts_with("## ") {
+            keep = line.starts_with("## Throughput")
+                || line.starts_with("## Cost")
+                || line.starts_with("## Ratios to the best")
+                || line.starts_with("## G6 against");
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn color(t: &Target) -> &'static str {
+    match t.kind {
+        Kind::Direct => "#9e9e9e",
+        Kind::Haproxy { splice: false } => "#1f77b4",
+        Kind::Haproxy { splice: true } => "#6baed6",
+        Kind::Nginx => "#2ca02c",
+        Kind::G6 {
+            path: DataPath::Sockmap,
+        } => "#d62728",
+        Kind::G6 {
+            path: DataPath::Splice,
+        } => "#ff7f0e",
+        Kind::G6 { .. } => "#e7ba52",
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Small multiples: one horizontal bar chart per key figure, median with a min–max whisker.
+pub fn svg(r: &Results) -> String {
+    let panels: &[(&str, &str, &str)] = &[
+        ("conn", "rate", "New connections / s"),
+        ("conn", "cpu_attr_s_per_10k", "CPU s per 10k connections"),
+        ("keepalive", "rate", "Keep-alive requests / s"),
+        (
+            "keepalive",
+            "cpu_attr_us_per_req",
+            "CPU µs per keep-alive request",
+        ),
+        ("keepalive", "p99_us", "Keep-alive latency p99, µs"),
+        ("file", "rate", "100 KiB responses / s"),
+        ("bulk1", "gbit_s", "Bulk, 1 stream, Gbit/s"),
+        ("bulk8", "gbit_s", "Bulk, 8 streams, Gbit/s"),
+        ("bulk8", "cpu_attr_s_per_gb", "CPU s per GB, bulk 8 streams"),
+        (
+            "bulk8",
+            "cpu_proxy_s_per_gb",
+            "Proxy + kthreads CPU s per GB, bulk 8 streams",
+        ),
+        ("idle", "rss_b_per_conn", "RSS per idle connection, B"),
+        ("start", "rss_mb", "RSS after start, MB"),
+    ];
+    let panels: Vec<_> = panels
+        .iter()
+        .filter(|(test, key, _)| {
+            r.summary
+                .iter()
+                .any(|row| row.test == *test && row.metric == *key && row.value.is_some())
+        })
+        .collect();
+    let n = r.targets.len();
+    let (pw, label_w, bar_w, row_h, title_h) = (490.0, 150.0, 250.0, 18.0, 26.0);
+    let ph = title_h + row_h * n as f64 + 12.0;
+    let cols = 2;
+    let rows = panels.len().div_ceil(cols);
+    let top = 64.0;
+    let width = pw * cols as f64 + 20.0;
+    let height = top + ph * rows as f64 + 30.0;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11">"##
+    );
+    let _ = writeln!(o, r##"<rect width="100%" height="100%" fill="white"/>"##);
+    let m = &r.meta;
+    let _ = writeln!(
+        o,
+        r##"<text x="10" y="22" font-size="16" font-weight="bold">G6 vs HAProxy vs nginx stream — loopback, {} thread(s) per proxy</text>"##,
+        m.settings.threads
+    );
+    let _ = writeln!(
+        o,
+        r##"<text x="10" y="40" fill="#444">{} · {} round(s), median and min–max · {} vCPU shared machine · Linux {} · {}</text>"##,
+        esc(&m.started_utc),
+        m.settings.rounds,
+        m.cpus,
+        esc(&m.kernel),
+        esc(&m.git)
+    );
+    let _ = writeln!(
+        o,
+        r##"<text x="10" y="55" fill="#444">⚠ = a round had errors · CPU = client + backends + proxy processes + kernel threads, per unit of work</text>"##
+    );
+    for (i, (test, key, title)) in panels.iter().enumerate() {
+        let x0 = 10.0 + pw * (i % cols) as f64;
+        let y0 = top + ph * (i / cols) as f64;
+        let mt = metric(test, key);
+        let hb = mt.is_some_and(|m| m.higher_better);
+        // G6's absolute goals as a dashed line.
+        let goal = GOALS
+            .iter()
+            .find(|g| !g.vs_peer && g.test == *test && g.key == *key)
+            .map(|g| g.threshold);
+        let _ = writeln!(
+            o,
+            r##"<text x="{x0:.0}" y="{:.0}" font-size="12" font-weight="bold">{} <tspan font-weight="normal" fill="#666">({} is better{})</tspan></text>"##,
+            y0 + 16.0,
+            esc(title),
+            if hb { "higher" } else { "lower" },
+            goal.map_or(String::new(), |g| format!("; dashed: G6 goal {}", num(g)))
+        );
+        let rows: Vec<(&Target, Option<&Row>)> = r
+            .targets
+            .iter()
+            .map(|t| (t, r.row(&t.name, test, key)))
+            .collect();
+        // Scale on the medians (an outlier round must not flatten every bar); whiskers past
+        // the panel are clipped with an arrow.
+        let vmax = rows
+            .iter()
+            .filter_map(|(_, row)| row.and_then(|row| row.value).map(|s| s.median))
+            .fold(0.0f64, f64::max)
+            .max(1e-12)
+            * 1.1;
+        let vmax = goal.map_or(vmax, |g| vmax.max(g * 1.1));
+        let clip = bar_w * 1.12;
+        let xv = |v: f64| x0 + label_w + (bar_w * v / vmax).min(clip);
+        if let Some(g) = goal {
+            let x = xv(g);
+            let _ = writeln!(
+                o,
+                r##"<path d="M{x:.1} {:.1}V{:.1}" stroke="#d62728" stroke-dasharray="4 3" fill="none"/>"##,
+                y0 + title_h,
+                y0 + title_h + row_h * n as f64,
+            );
+        }
+        for (j, (t, row)) in rows.iter().enumerate() {
+            let y = y0 + title_h + row_h * j as f64;
+            let _ = writeln!(
+                o,
+                r##"<text x="{:.0}" y="{:.0}" text-anchor="end">{}</text>"##,
+                x0 + label_w - 6.0,
+                y + 12.0,
+                esc(&label(r, t))
+            );
+            let Some(row) = row else {
+                let _ = writeln!(
+                    o,
+                    r##"<text x="{:.0}" y="{:.0}" fill="#888">n/a</text>"##,
+                    x0 + label_w,
+                    y + 12.0
+                );
+                continue;
+            };
+            let Some(s) = row.value else {
+                let txt = if row.rounds_with_errors > 0 {
+                    "⚠ failed"
+                } else {
+                    "—"
+                };
+                let _ = writeln!(
+                    o,
+                    r##"<text x="{:.0}" y="{:.0}" fill="#b00">{txt}</text>"##,
+                    x0 + label_w,
+                    y + 12.0
+                );
+                continue;
+            };
+            let w = xv(s.median) - x0 - label_w;
+            let _ = writeln!(
+                o,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"##,
+                x0 + label_w,
+                y + 3.0,
+                w.max(0.5),
+                row_h - 6.0,
+                color(t)
+            );
+            if s.n > 1 {
+                let (a, b) = (xv(s.min), xv(s.max));
+                let yc = y + row_h / 2.0;
+                let end = if bar_w * s.max / vmax > clip {
+                    // Clipped: an arrow head instead of the end tick.
+                    format!(
+                        "M{:.1} {:.1}L{b:.1} {yc:.1}L{:.1} {:.1}",
+                        b - 5.0,
+                        yc - 4.0,
+                        b - 5.0,
+                        yc + 4.0
+                    )
+                } else {
+                    format!("M{b:.1} {:.1}V{:.1}", yc - 4.0, yc + 4.0)
+                };
+                let _ = writeln!(
+                    o,
+                    r##"<path d="M{a:.1} {yc:.1}H{b:.1}M{a:.1} {:.1}V{:.1}{end}" stroke="#222" stroke-width="1" fill="none"/>"##,
+                    yc - 4.0,
+                    yc + 4.0,
+                );
+            }
+            let flag = if row.rounds_with_errors > 0 {
+                " ⚠"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                o,
+                r##"<text x="{:.1}" y="{:.0}">{}{flag}</text>"##,
+                xv(s.max.max(s.median)) + 5.0,
+                y + 12.0,
+                num(s.median)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        r##"<text x="10" y="{:.0}" fill="#666">Generated by cargo xtask bench; figures and commands: docs/bench/results.md</text>"##,
+        height - 10.0
+    );
+    o.push_str("</svg>\n");
+    o
+}
+
+/// Writes results.json, results.md and chart.svg into `dir`; returns their paths.
+pub fn write(r: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir)?;
+    let json = dir.join("results.json");
+    fs::write(&json, serde_json::to_string_pretty(r)? + "\n")?;
+    let md = dir.join("results.md");
+    fs::write(&md, markdown(r))?;
+    let chart = dir.join("chart.svg");
+    fs::write(&chart, svg(r))?;
+    Ok(vec![md, json, chart])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let s = stat(vec![3.0, 1.0, 2.0, f64::NAN]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        let s = stat(vec![4.0, 1.0]).unwrap();
+        assert_eq!(s.median, 2.5);
+        assert!(stat(vec![]).is_none());
+    }
+
+    #[test]
+    fn numbers_keep_three_digits() {
+        assert_eq!(num(12345.6), "12346");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(num(1.2345), "1.23");
+        assert_eq!(num(0.012345), "0.012");
+    }
+}
