@@ -583,25 +583,6 @@ fn open_fds(pid: i32) -> Vec<u64> {
         .collect()
 }
 
-/// Sets the soft RLIMIT_NOFILE of `pid`; returns the previous soft limit.
-fn set_nofile_soft(pid: i32, soft: u64) -> u64 {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit with a null new limit only reads into `old`.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(r, 0, "prlimit get: {}", io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: valid pointers; changes only the soft limit of our own child.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit set: {}", io::Error::last_os_error());
-    old.rlim_cur
-}
-
 /// SPEC §5.3/§5.4: a local failure (here EMFILE when creating the server socket) is logged as
 /// ERROR and neither counts as a server failure nor isolates anybody, even with a moratorium.
 #[test]

@@ -368,3 +368,33 @@ fn client_filter_patterns() {
     );
     drop(spare);
 }
+
+/// SPEC §5.1: descriptor exhaustion never spins — the client is accepted through a reserve
+/// descriptor and refused (connect succeeds, then EOF), with an access line — and service
+/// comes back once descriptors are free again.
+#[test]
+fn descriptor_exhaustion_refuses_then_recovers() {
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let g6 = G6Proc::start(
+        &format!("fd RR *:* - {l} > {} ;\n", s1.addr()),
+        &[&l],
+        &["--data-path", "copy"],
+    );
+    assert_eq!(identify(l.addr()), "s1");
+    let worker = worker_pid(&g6);
+    // No descriptor left for an accept: only the reserve can take one.
+    let old = set_nofile_soft(worker, lowest_free_fd(worker));
+    let client = connect(l.addr());
+    let peer = client.local_addr().unwrap();
+    check_stream_refused(client).unwrap_or_else(|e| panic!("not refused: {e}"));
+    let line = wait_access(&g6, peer);
+    assert!(line.contains("close=error"), "{line}");
+    // The worker keeps running and does not spin.
+    assert!(g6.is_running());
+    set_nofile_soft(worker, old);
+    assert!(
+        wait_until(WAIT_TIMEOUT, || identify(l.addr()) == "s1"),
+        "no recovery after descriptors came back"
+    );
+}

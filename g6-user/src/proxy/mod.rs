@@ -167,17 +167,30 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 /// The former 1-ms async accept let other tasks take the freed descriptor (e.g. for a server
 /// socket); the reserve could then not be reopened, and from then on clients were left in the
 /// backlog instead of being refused (SPEC.md §5.1).
-fn refuse_via_reserve(shared: &Shared, listener: &TcpListener) -> bool {
+fn refuse_via_reserve(shared: &Shared, listener: &TcpListener, info: &ListenerInfo) -> bool {
     let mut reserve = lock(&shared.reserve_fd);
-    let refused = reserve.take().is_some()
+    let accepted = if reserve.take().is_some() {
         // The accepted socket is dropped (closed) at once: refused.
-        && socket2::SockRef::from(listener).accept().is_ok();
+        socket2::SockRef::from(listener).accept().ok()
+    } else {
+        None
+    };
+    let peer = accepted.and_then(|(socket, addr)| {
+        drop(socket);
+        addr.as_socket()
+    });
     *reserve = File::open("/dev/null").ok();
     drop(reserve);
-    if refused {
-        shared.accept_refused.fetch_add(1, Relaxed);
+    let Some(peer) = peer else {
+        return false;
+    };
+    shared.accept_refused.fetch_add(1, Relaxed);
+    // Refusals get their access line too (SPEC.md §10); out of descriptors is a local error.
+    let rt = shared.runtime();
+    if let Some(&(ri, _)) = rt.by_listen.get(&info.addr) {
+        refuse(&rt, ri, info.addr, peer, CloseReason::Error);
     }
-    refused
+    true
 }
 
 /// Accepts until `stop` flips to true; then the listener is dropped (closed at once).
@@ -201,7 +214,7 @@ pub async fn accept_loop(
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
-                    if !refuse_via_reserve(&shared, &listener) {
+                    if !refuse_via_reserve(&shared, &listener, &info) {
                         // Never spin: wait a little longer each time nothing could be done.
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));

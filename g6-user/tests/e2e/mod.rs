@@ -329,3 +329,33 @@ pub fn send(s: &mut TcpStream, data: &[u8]) {
     s.write_all(data)
         .unwrap_or_else(|e| panic!("send {} bytes: {e}", data.len()));
 }
+
+/// Sets the soft RLIMIT_NOFILE of `pid`; returns the previous soft limit.
+pub fn set_nofile_soft(pid: i32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with a null new limit only reads into `old`.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit get: {}", io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: valid pointers; changes only the soft limit of our own child.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit set: {}", io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// The descriptor number `pid` would get next (the lowest one not open): a soft
+/// RLIMIT_NOFILE equal to it leaves no descriptor for a new socket.
+pub fn lowest_free_fd(pid: i32) -> u64 {
+    let mut open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    open.sort_unstable();
+    (0u64..).find(|n| open.binary_search(n).is_err()).unwrap()
+}
