@@ -482,3 +482,40 @@ fn set_cpu_affinity_pins_relay_threads() {
         .expect("main thread");
     assert_eq!(main.1, "0", "{threads:?}");
 }
+
+#[test]
+fn usr2_successor_applies_a_changed_config() {
+    let s1 = Backend::identify("s1");
+    let s2 = Backend::identify("s2");
+    let kept = PreBound::tcp("127.0.0.1:0");
+    let removed = PreBound::tcp("127.0.0.1:0");
+    let g6 = start(
+        &format!(
+            "k RR *:* - {kept} > {} ;\nr RR *:* - {removed} > {} ;\n",
+            s1.addr(),
+            s1.addr()
+        ),
+        &[&kept, &removed],
+    );
+    let old = g6.pid();
+    let added = free_addr();
+    g6.write_conf(&format!(
+        "k RR *:* - {kept} > {} ;\nn RR *:* - {added} > {} ;\n",
+        s2.addr(),
+        s1.addr()
+    ));
+    g6.signal(Signal::SIGUSR2);
+    wait_for(WAIT_TIMEOUT, || pid_file_pid(&g6).filter(|&p| p != old))
+        .expect("no successor took over");
+    // The kept listener was inherited (never closed) and now follows the new config.
+    assert!(wait_until(WAIT_TIMEOUT, || identify(kept.addr()) == "s2"));
+    assert!(wait_until(WAIT_TIMEOUT, || try_connect(added, IO_TIMEOUT)
+        .is_ok_and(|mut s| read_line(&mut s) == "s1")));
+    assert!(
+        wait_until(WAIT_TIMEOUT, || matches!(
+            TcpStream::connect_timeout(&removed.addr(), Duration::from_millis(500)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )),
+        "the removed listener is still open after the hand-over"
+    );
+}
