@@ -15,8 +15,33 @@ use std::{
 const TOOLCHAIN: &str = "nightly-2026-05-20";
 const STRICT: &str = "G6_EBPF_STRICT";
 
+/// `YYYY-MM-DD` (UTC) of `SOURCE_DATE_EPOCH` (reproducible builds) or of now, for `g6 -v`.
+fn build_date() -> String {
+    let secs = env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rustc-env=G6_BUILD_DATE={}", build_date());
     let strict = env::var(STRICT).is_ok_and(|v| v == "1");
 
     let Some(out_dir) = env::var_os("OUT_DIR").map(PathBuf::from) else {

@@ -58,9 +58,14 @@ fn split_version(stdout: &str) -> &str {
         parts.len() == 3 && parts[0] >= 2,
         "semver >= 2.0.0: {semver:?}"
     );
+    let ymd: Vec<&str> = date.split('-').collect();
     assert!(
-        !date.is_empty() && !date.contains(' '),
-        "build date: {date:?}"
+        ymd.len() == 3
+            && [4, 2, 2]
+                .iter()
+                .zip(&ymd)
+                .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_digit())),
+        "build date YYYY-MM-DD: {date:?}"
     );
     assert_eq!(l2, "TCP Bridge && Load-Balance Dispenser");
     rest
