@@ -84,7 +84,7 @@ fn spliced_bytes_never_pass_through_the_agent() {
     );
     // The counters come from the kernel map and are exact.
     g6.expect_log("upload access line", WAIT_TIMEOUT, |t| {
-        t.contains(&format!("rule=up ")) && t.contains(&format!("path=sockmap bytes_in={N} "))
+        t.contains("rule=up ") && t.contains(&format!("path=sockmap bytes_in={N} "))
     });
     g6.expect_log("download access line", WAIT_TIMEOUT, |t| {
         t.contains("rule=down ") && t.contains(&format!("bytes_out={N} "))
