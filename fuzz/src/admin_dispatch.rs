@@ -24,8 +24,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use g6::admin::{
-    self, Command, LineSplitter, RuleStats, ServerStateView, ServerStats, SessionRow, ShowWhat,
-    VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT, parse_command,
+    self, Command, LineSplitter, SessionRow, ShowWhat, VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT,
+    parse_command,
 };
 use g6::config::{self, Config, render_rules};
 use g6::isolation::{Deadline, DownReason, Isolation, Now, State};
@@ -489,14 +489,7 @@ impl Sim {
             }
             (ShowWhat::Rules, true) => {
                 let reply = admin::render_rules_json(&rt.config, &|ri, si| {
-                    let s = &rt.rules[ri].servers[si];
-                    let t = s.triple(now);
-                    ServerStateView {
-                        hb: t.hb,
-                        unable: t.unable,
-                        deadline: t.deadline,
-                        state: s.state_name(now),
-                    }
+                    rt.server_state_view(ri, si, now)
                 });
                 self.check_rules_json(&reply);
             }
@@ -510,7 +503,7 @@ impl Sim {
                 }
             }
             (ShowWhat::Stats, json) => {
-                let stats = self.stats(now);
+                let stats = self.rt.stats(now);
                 if json {
                     self.check_stats_json(&admin::render_stats_json(&stats));
                 } else {
@@ -623,40 +616,6 @@ impl Sim {
             });
         }
         rows
-    }
-
-    /// As `admin_conn::stats`.
-    fn stats(&self, now: Now) -> Vec<RuleStats> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let rt = &self.rt;
-        rt.config
-            .rules
-            .iter()
-            .zip(&rt.rules)
-            .map(|(rule, rr)| RuleStats {
-                id: rule.id.clone(),
-                alg: rule.alg.as_str(),
-                active: rr.counters.active.load(Relaxed),
-                total: rr.counters.total.load(Relaxed),
-                refused: rr.counters.refused.load(Relaxed),
-                bytes_in: rr.counters.bytes_in.load(Relaxed),
-                bytes_out: rr.counters.bytes_out.load(Relaxed),
-                servers: rr
-                    .servers
-                    .iter()
-                    .map(|s| ServerStats {
-                        addr: s.entry.addr,
-                        state: s.state_name(now),
-                        active: s.limits.active().into(),
-                        total: s.total.load(Relaxed),
-                        failures: s.failures.load(Relaxed),
-                        bytes_in: s.bytes_in.load(Relaxed),
-                        bytes_out: s.bytes_out.load(Relaxed),
-                        rt_us: s.rt_us(),
-                    })
-                    .collect(),
-            })
-            .collect()
     }
 
     /// SPEC.md §9.5: a rule line, then its server lines; nothing is connected here.

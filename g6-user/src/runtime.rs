@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::admin::{RuleStats, ServerStateView, ServerStats};
 use crate::balance::{Candidate, Selector, rt_update};
 use crate::config::{Config, Rule, ServerEntry, ServerTriple, fmt_addr};
 use crate::isolation::{Isolation, Now};
@@ -322,6 +323,50 @@ impl Runtime {
             }
         }
         changed
+    }
+
+    /// Counters of every rule and server for `show stats` (SPEC.md §9.5).
+    pub fn stats(&self, now: Now) -> Vec<RuleStats> {
+        self.config
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(rule, rr)| RuleStats {
+                id: rule.id.clone(),
+                alg: rule.alg.as_str(),
+                active: rr.counters.active.load(Relaxed),
+                total: rr.counters.total.load(Relaxed),
+                refused: rr.counters.refused.load(Relaxed),
+                bytes_in: rr.counters.bytes_in.load(Relaxed),
+                bytes_out: rr.counters.bytes_out.load(Relaxed),
+                servers: rr
+                    .servers
+                    .iter()
+                    .map(|s| ServerStats {
+                        addr: s.entry.addr,
+                        state: s.state_name(now),
+                        active: s.limits.active().into(),
+                        total: s.total.load(Relaxed),
+                        failures: s.failures.load(Relaxed),
+                        bytes_in: s.bytes_in.load(Relaxed),
+                        bytes_out: s.bytes_out.load(Relaxed),
+                        rt_us: s.rt_us(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// State of server `si` of rule `ri` for `show rules json` (SPEC.md §9.6).
+    pub fn server_state_view(&self, ri: usize, si: usize, now: Now) -> ServerStateView {
+        let s = &self.rules[ri].servers[si];
+        let t = s.triple(now);
+        ServerStateView {
+            hb: t.hb,
+            unable: t.unable,
+            deadline: t.deadline,
+            state: s.state_name(now),
+        }
     }
 
     /// The earliest pending isolation deadline, for the transition timer.

@@ -11,8 +11,7 @@ use super::registry::{Entry, ManagerInfo};
 use super::relay::CloseReason;
 use super::session::{Admitted, access_log};
 use crate::admin::{
-    self, Command, LineSplitter, RuleStats, ServerStateView, ServerStats, SessionRow, ShowWhat,
-    VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT,
+    self, Command, LineSplitter, SessionRow, ShowWhat, VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT,
 };
 use crate::config::render_rules;
 use crate::isolation::Now;
@@ -71,37 +70,6 @@ fn session_rows(shared: &Shared) -> Vec<SessionRow> {
     rows
 }
 
-fn stats(rt: &Runtime, now: Now) -> Vec<RuleStats> {
-    rt.config
-        .rules
-        .iter()
-        .zip(&rt.rules)
-        .map(|(rule, rr)| RuleStats {
-            id: rule.id.clone(),
-            alg: rule.alg.as_str(),
-            active: rr.counters.active.load(Relaxed),
-            total: rr.counters.total.load(Relaxed),
-            refused: rr.counters.refused.load(Relaxed),
-            bytes_in: rr.counters.bytes_in.load(Relaxed),
-            bytes_out: rr.counters.bytes_out.load(Relaxed),
-            servers: rr
-                .servers
-                .iter()
-                .map(|s| ServerStats {
-                    addr: s.entry.addr,
-                    state: s.state_name(now),
-                    active: s.limits.active().into(),
-                    total: s.total.load(Relaxed),
-                    failures: s.failures.load(Relaxed),
-                    bytes_in: s.bytes_in.load(Relaxed),
-                    bytes_out: s.bytes_out.load(Relaxed),
-                    rt_us: s.rt_us(),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// Applies `op` to every server entry at `ip:port`; one reply line per entry it reports.
 fn for_servers(
     rt: &Runtime,
@@ -141,20 +109,13 @@ fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
             (ShowWhat::Rules, false) => {
                 render_rules(&rt.config, &|ri, si| rt.rules[ri].servers[si].triple(now))
             }
-            (ShowWhat::Rules, true) => admin::render_rules_json(&rt.config, &|ri, si| {
-                let s = &rt.rules[ri].servers[si];
-                let t = s.triple(now);
-                ServerStateView {
-                    hb: t.hb,
-                    unable: t.unable,
-                    deadline: t.deadline,
-                    state: s.state_name(now),
-                }
-            }),
+            (ShowWhat::Rules, true) => {
+                admin::render_rules_json(&rt.config, &|ri, si| rt.server_state_view(ri, si, now))
+            }
             (ShowWhat::Sessions, false) => admin::render_sessions_text(&session_rows(shared)),
             (ShowWhat::Sessions, true) => admin::render_sessions_json(&session_rows(shared)),
-            (ShowWhat::Stats, false) => admin::render_stats_text(&stats(&rt, now)),
-            (ShowWhat::Stats, true) => admin::render_stats_json(&stats(&rt, now)),
+            (ShowWhat::Stats, false) => admin::render_stats_text(&rt.stats(now)),
+            (ShowWhat::Stats, true) => admin::render_stats_json(&rt.stats(now)),
         },
         Command::Disable { ip, port, secs } => {
             for_servers(&rt, ip, port, VERB_DISABLE, |iso, now| {
