@@ -130,15 +130,21 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
         return refuse(&rt, ri, listener.addr, peer, CloseReason::ClientLimit);
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
-    let (entry, proxy_info, manager_info) = if rule.is_admin() {
-        let m = Arc::new(registry::ManagerInfo::new(listener.clone(), peer, fd));
-        (registry::Entry::Manager(m.clone()), None, Some(m))
+    let entry = if rule.is_admin() {
+        registry::Entry::Manager(Arc::new(registry::ManagerInfo::new(
+            listener.clone(),
+            peer,
+            fd,
+        )))
     } else {
-        let p = Arc::new(registry::ProxyInfo::new(listener.clone(), peer, fd));
-        (registry::Entry::Proxy(p.clone()), Some(p), None)
+        registry::Entry::Proxy(Arc::new(registry::ProxyInfo::new(
+            listener.clone(),
+            peer,
+            fd,
+        )))
     };
     let admitted = session::Admitted {
-        registration: shared.registry.register(entry),
+        registration: shared.registry.register(entry.clone()),
         runtime: rt.clone(),
         rule: ri,
         listen: li,
@@ -148,10 +154,11 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
         slot,
         client_permit,
     };
-    match (proxy_info, manager_info) {
-        (Some(p), _) => drop(tokio::spawn(session::run(shared.clone(), admitted, p))),
-        (_, Some(m)) => drop(tokio::spawn(admin_conn::run(shared.clone(), admitted, m))),
-        _ => {}
+    match entry {
+        registry::Entry::Proxy(p) => drop(tokio::spawn(session::run(shared.clone(), admitted, p))),
+        registry::Entry::Manager(m) => {
+            drop(tokio::spawn(admin_conn::run(shared.clone(), admitted, m)))
+        }
     }
 }
 
