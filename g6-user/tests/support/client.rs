@@ -202,8 +202,16 @@ pub fn download_checked(addr: SocketAddr, generators: &[&Backend]) -> usize {
 /// Full-duplex check against an echo path: one thread writes `n` fresh bytes then
 /// half-closes, while this thread reads and verifies them byte for byte, then expects EOF.
 pub fn echo_checked(addr: SocketAddr, n: u64) {
+    echo_checked_on(connect(addr), n);
+}
+
+/// `echo_checked` on a connection already made (e.g. after reading a banner).
+pub fn echo_checked_on(mut s: TcpStream, n: u64) {
+    let addr = s
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| format!("<peer: {e}>"));
     let seed = fresh_seed();
-    let mut s = connect(addr);
     let mut w = s.try_clone().expect("dup client socket");
     let writer = thread::spawn(move || {
         let r = write_stream(&mut w, seed, n);

@@ -148,6 +148,22 @@ impl G6Proc {
         Self::launch(Path::new(G6_BIN), &args, dir, listeners, true)
     }
 
+    /// Like `start`, with g6 running inside network namespace `netns` (`ip netns exec`,
+    /// which execs in place, so the PID is g6's). Listeners made inside that namespace
+    /// (`NetNs::run(|| PreBound::tcp(..))`) are handed over as usual.
+    pub fn start_in_netns(
+        netns: &str,
+        conf: &str,
+        listeners: &[&PreBound],
+        extra: &[&str],
+    ) -> G6Proc {
+        let dir = Self::conf_dir(conf);
+        let mut args: Vec<OsString> = vec!["netns".into(), "exec".into(), netns.into()];
+        args.push(G6_BIN.into());
+        args.extend(Self::standard_args(dir.path(), extra));
+        Self::launch(Path::new("ip"), &args, dir, listeners, true)
+    }
+
     /// Like `start` but does not wait for readiness (for start-up failure tests).
     pub fn spawn(conf: &str, listeners: &[&PreBound], extra: &[&str]) -> G6Proc {
         let dir = Self::conf_dir(conf);

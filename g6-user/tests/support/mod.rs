@@ -13,6 +13,7 @@
 //!   driven by hand; [`dead_ends`]: `NeverAccept` and `RefusedAddr`.
 //! * [`client`]: bounded connects, checked transfers, `expect_refused`, the admin client.
 //! * [`g6proc`]: `PreBound` listen sockets and `G6Proc`, the running agent.
+//! * [`netns`]: network namespaces and veth pairs (198.18.0.0/15) for multi-host tests.
 #![allow(dead_code, unused_imports)]
 
 pub mod backends;
@@ -22,12 +23,14 @@ pub mod data;
 pub mod dead_ends;
 pub mod g6proc;
 mod net;
+pub mod netns;
 pub mod wait;
 
 pub use backends::{Backend, Behaviour, ConnRecord};
 pub use client::{
     AdminConn, admin_cmd, check_refused, connect, connect_identify, download_checked, echo_checked,
-    expect_refused, identify, read_line, read_until_end, reset, try_connect, upload_checked,
+    echo_checked_on, expect_refused, identify, read_line, read_until_end, reset, try_connect,
+    upload_checked,
 };
 pub use controlled::{Controlled, ControlledConn};
 pub use data::{Checksum, DataGen, Digest};
