@@ -41,8 +41,13 @@ const RSS_SLACK_KB: u64 = 24 * 1024;
 /// A session that makes no progress for this long fails.
 const STALL: Duration = Duration::from_secs(30);
 
-/// Data paths left out of the CI variant while a bug there is open (none now).
-const CI_SKIP_PATHS: &[&str] = &[];
+/// Data paths left out of the CI variant while a bug there is open.
+/// BUG (proxy/sockmap.rs, being fixed on another branch; reproducer
+/// `sockmap_bulk_transfers_are_byte_exact` in relay.rs): a sockmap session that left the
+/// fast path under back-pressure now and then delivers one 65483-byte segment twice. The
+/// full soak (10 000 sessions, sockmap included) hit it once per run or so; at 1 000
+/// sessions it would make CI flaky. Empty this list once the fix is merged.
+const CI_SKIP_PATHS: &[&str] = &["sockmap"];
 
 #[test]
 fn soak_ci() {
@@ -520,8 +525,7 @@ fn session(listen: SocketAddr, plan: Plan, reports: &Reports) -> Result<(SocketA
     (&s).write_all(&plan.encode())
         .map_err(|e| format!("header: {e}"))?;
     let mut ack = [0u8; 1];
-    (&s).read_exact(&mut ack)
-        .map_err(|e| format!("ack: {e}"))?;
+    (&s).read_exact(&mut ack).map_err(|e| format!("ack: {e}"))?;
     let (out_len, then) = match plan.kind {
         Kind::ClientReset => (plan.cut, Then::Reset),
         _ => (plan.up, Then::Fin),
@@ -667,7 +671,12 @@ fn run(sessions: usize, limit: Duration, skip: &[&str]) {
     for r in &runs {
         let f = r.failures.lock().unwrap();
         if !f.is_empty() {
-            problems.push(format!("[{}] {} failed sessions: {:#?}", r.path, f.len(), *f));
+            problems.push(format!(
+                "[{}] {} failed sessions: {:#?}",
+                r.path,
+                f.len(),
+                *f
+            ));
         }
     }
     let done: usize = runs.iter().map(|r| r.done.load(Ordering::Relaxed)).sum();
