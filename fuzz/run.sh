@@ -7,8 +7,9 @@
 # corpus size. Exit status: 0 if no target crashed, 1 if one did (its input is saved under
 # fuzz/artifacts/<target>/ and the tail of its log is printed), 2 on a build or usage error.
 #
-# Environment: G6_FUZZ_TOOLCHAIN (default nightly-2026-05-20), G6_FUZZ_ARGS (extra libFuzzer
-# arguments, e.g. "-seed=1"). Logs: fuzz/logs/<target>.log.
+# Environment: G6_FUZZ_TOOLCHAIN (default nightly-2026-05-20), G6_FUZZ_SANITIZER (default
+# none; address, memory, thread…), G6_FUZZ_ARGS (extra libFuzzer arguments, e.g. "-seed=1").
+# Logs: fuzz/logs/<target>.log.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,8 +29,11 @@ toolchain=${G6_FUZZ_TOOLCHAIN:-nightly-2026-05-20}
 # The fuzzers never load the eBPF object: skip building it (g6-user/build.rs degrades).
 export AYA_BUILD_SKIP=1
 fuzz=(cargo "+$toolchain" fuzz)
-# Release build with debug assertions and overflow checks, AddressSanitizer (cargo-fuzz default).
-build_flags=(-a)
+# Release build with debug assertions and overflow checks. No sanitizer by default: the
+# property code and the parsers are safe Rust, and without ASan the build takes about 40%
+# less time and the targets run about twice as fast. G6_FUZZ_SANITIZER=address for ASan.
+sanitizer=${G6_FUZZ_SANITIZER:-none}
+build_flags=(-a -s "$sanitizer")
 
 max_len() {
     case $1 in
