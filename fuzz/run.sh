@@ -30,8 +30,8 @@ toolchain=${G6_FUZZ_TOOLCHAIN:-nightly-2026-05-20}
 export AYA_BUILD_SKIP=1
 fuzz=(cargo "+$toolchain" fuzz)
 # Release build with debug assertions and overflow checks. No sanitizer by default: the
-# property code and the parsers are safe Rust, and without ASan the build takes about 40%
-# less time and the targets run about twice as fast. G6_FUZZ_SANITIZER=address for ASan.
+# property code and the parsers are safe Rust, and without ASan the first build took 6 min
+# instead of about 10 (2 cores). G6_FUZZ_SANITIZER=address for ASan.
 sanitizer=${G6_FUZZ_SANITIZER:-none}
 build_flags=(-a -s "$sanitizer")
 

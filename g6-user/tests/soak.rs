@@ -724,6 +724,15 @@ fn check_rest(r: &PathRun) {
         lines.retain(|l| field(l, "rule") == "soak");
         lines.len() >= want
     });
+    if lines.is_empty() {
+        // Seen once in a full run: say why the log could not be read.
+        let log = r.agent.g6.log_path();
+        panic!(
+            "{ctx} no access line in {}: {:?}",
+            log.display(),
+            std::fs::metadata(&log).map(|m| m.len())
+        );
+    }
     assert_eq!(lines.len(), want, "{ctx} access lines");
     let by_client: HashMap<String, &String> = lines
         .iter()
