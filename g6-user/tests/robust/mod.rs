@@ -159,6 +159,40 @@ impl Agent {
     }
 }
 
+/// Sets the soft RLIMIT_NOFILE of `pid`; returns the previous soft limit.
+pub fn set_nofile_soft(pid: i32, soft: u64) -> u64 {
+    use nix::sys::resource::Resource;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with a null new limit only reads into `old`.
+    let r = unsafe {
+        libc::prlimit(
+            pid,
+            Resource::RLIMIT_NOFILE as _,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(r, 0, "prlimit get: {}", io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: valid pointers; changes only the soft limit of the agent we started.
+    let r = unsafe {
+        libc::prlimit(
+            pid,
+            Resource::RLIMIT_NOFILE as _,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(r, 0, "prlimit set: {}", io::Error::last_os_error());
+    old.rlim_cur
+}
+
 /// `/proc/<pid>/status` field `key` in kB (0 if unreadable).
 pub fn status_kb(pid: i32, key: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
