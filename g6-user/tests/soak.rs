@@ -37,7 +37,7 @@ const PER_AGENT: usize = 6;
 const THREADS: &str = "2";
 /// RSS an agent may keep above its baseline after the soak: up to 64 pooled 64 KiB buffers
 /// per relay thread (proxy/pool.rs) plus allocator slack.
-const RSS_SLACK_KB: u64 = 24 * 1024;
+const RSS_SLACK_KB: u64 = 12 * 1024;
 /// A session that makes no progress for this long fails.
 const STALL: Duration = Duration::from_secs(30);
 
