@@ -45,6 +45,9 @@ fn target() -> Target {
         echo.addr()
     );
     let g6 = G6Proc::start(&conf, &[&a, &l], &["--data-path", "copy"]);
+    // One well-behaved round first: the agent is warm when a test takes its baseline.
+    probe_admin(a.addr()).unwrap();
+    probe_data(l.addr()).unwrap();
     Target {
         agent: Agent {
             g6,
