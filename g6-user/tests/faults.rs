@@ -1,7 +1,9 @@
 //! Fault injection (issue #8): servers that die or are all down, clients that vanish without
-//! a FIN, local port exhaustion, and the idle close of a session holding unread bytes.
+//! a FIN, local port and descriptor exhaustion, and the idle close of a session holding
+//! unread bytes.
 //! Faults already covered elsewhere (server RST, server that never reads or never accepts,
-//! descriptor exhaustion) are listed in README's Robustness table, not repeated here.
+//! refusal through the reserve descriptor) are listed in README's Robustness table, not
+//! repeated here.
 //!
 //! Network namespaces (`ip netns`) are created per test with unique names and removed on
 //! Drop; addresses in them are loopback or 198.18.0.0/15.
@@ -12,6 +14,7 @@ mod support;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -274,7 +277,15 @@ impl Switchable {
                         let _ = s.write_all(format!("{name}\n").as_bytes());
                         conns.push(s);
                     }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                    Err(_) => {
+                        let mut p = libc::pollfd {
+                            fd: l.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd; the timeout bounds the stop check.
+                        unsafe { libc::poll(&mut p, 1, 50) };
+                    }
                 }
             }
         }));
