@@ -59,14 +59,7 @@ fn target() -> Target {
     }
 }
 
-/// The well-behaved clients, probing in a loop on their own thread until dropped: each
-/// probe is a fresh admin connection asking `show stats` (the reply must list rule `data`
-/// and its server) and a 64 KiB checksummed echo through the data rule.
-struct Watch<'a> {
-    stop: &'a AtomicBool,
-    worst: &'a Mutex<(Duration, usize, Vec<String>)>,
-}
-
+/// The well-behaved clients' probes (see `under_attack`).
 fn probe_admin(admin: SocketAddr) -> Result<(), String> {
     let reply = admin_cmd(admin, "show stats\n");
     let ok = reply.lines().any(|l| l.starts_with("rule data RR active="))
@@ -87,28 +80,27 @@ fn probe_data(data: SocketAddr) -> Result<(), String> {
         .ok_or_else(|| "echo differs".to_string())
 }
 
-/// Runs `attack` while probing; panics if a probe failed or took longer than
+/// Runs `attack` while the well-behaved clients probe in a loop: a fresh admin connection
+/// asking `show stats` (the reply must list rule `data` and a server) and a 64 KiB
+/// checksummed echo through rule `data`. Panics if a probe failed or took longer than
 /// `ANSWER_WITHIN`. Returns (probes, slowest).
 fn under_attack(t: &Target, what: &str, attack: impl FnOnce() + Send) -> (usize, Duration) {
     let stop = AtomicBool::new(false);
+    // (slowest, probes, failures)
     let worst = Mutex::new((Duration::ZERO, 0usize, Vec::new()));
-    let w = Watch {
-        stop: &stop,
-        worst: &worst,
-    };
     let (admin, data) = (t.agent.admin, t.data);
     thread::scope(|s| {
         let prober = s.spawn(|| {
-            while !w.stop.load(Ordering::Relaxed) {
-                for (kind, r) in [("admin", 0), ("data", 1)] {
+            while !stop.load(Ordering::Relaxed) {
+                for kind in ["admin", "data"] {
                     let t0 = Instant::now();
-                    let res = if r == 0 {
+                    let res = if kind == "admin" {
                         probe_admin(admin)
                     } else {
                         probe_data(data)
                     };
                     let took = t0.elapsed();
-                    let mut g = w.worst.lock().unwrap();
+                    let mut g = worst.lock().unwrap();
                     g.0 = g.0.max(took);
                     g.1 += 1;
                     if let Err(e) = res {
