@@ -1,8 +1,10 @@
-//! G6 developer tasks: `cargo xtask <setup|build-ebpf|build|run|test|ci|bench>`.
+//! G6 developer tasks: `cargo xtask <setup|build-ebpf|build|run|test|ci|bench|fuzz|soak>`.
 //! Each step is printed with its duration; the first failing step stops the task and is named.
 
 mod bench;
+mod fuzz;
 mod setup;
+mod soak;
 mod steps;
 
 use anyhow::Result;
@@ -31,12 +33,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// setup, fmt --check, clippy -D warnings, tests (release), `g6 -f etc/G6.conf --check`.
+    /// setup, fmt --check, clippy -D warnings, tests (release), each fuzz target for 20 s
+    /// (G6_FUZZ_SECS), `g6 -f etc/G6.conf --check`.
     Test,
     /// `test` with G6_EBPF_STRICT=1: a missing eBPF object or privileges fail the run.
     Ci,
     /// G6 side by side with HAProxy, nginx stream and a direct connection (xtask/src/bench).
     Bench(bench::BenchArgs),
+    /// Every fuzz target for `--secs` each (fuzz/run.sh; builds with cargo-fuzz first).
+    Fuzz(fuzz::FuzzArgs),
+    /// The full soak: `--sessions` random sessions over every data path (g6-user/tests/soak.rs).
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -53,6 +60,8 @@ fn main() {
             steps::test(&ctx)
         }
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&ctx, &args),
+        Task::Soak(args) => soak::run(&ctx, &args),
     };
     if let Err(e) = result {
         eprintln!("xtask: FAILED: {e:#}");

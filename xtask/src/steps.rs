@@ -136,6 +136,7 @@ pub fn test(ctx: &Ctx) -> Result<()> {
     step("cargo test --release", || {
         sh(&mut ctx.cargo(["test", "--release"]))
     })?;
+    crate::fuzz::ci_step(ctx)?;
     step("g6 -f etc/G6.conf --check", || {
         let mut c = Command::new(ctx.g6_bin());
         c.args(["-f", "etc/G6.conf", "--check"])

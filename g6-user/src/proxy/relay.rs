@@ -7,7 +7,7 @@
 //! direction flows on. A reset or error on either socket ends both pumps and resets the other
 //! socket. The idle timer runs across both directions.
 
-use std::io;
+use std::io::{self, Read as _};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -411,6 +411,30 @@ async fn idle_expired(traffic: &Traffic, idle: Duration) {
     }
 }
 
+/// Reads at most this many times per socket when discarding unread bytes at an idle close.
+const IDLE_DISCARD_READS: usize = 256;
+
+/// Idle timeout (SPEC.md §5.5): FIN to both sides. close(2) of a socket holding unread
+/// bytes (a receiver that stopped reading) would send an RST instead, so the FIN goes first,
+/// then what is unread is discarded (bounded); a late RST then still follows the FIN.
+fn close_idle(client: &TcpStream, server: &TcpStream) {
+    for s in [client, server] {
+        let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
+    }
+    let mut buf = pool::take_buffer();
+    for s in [client, server] {
+        // A direct read(2) (the socket is non-blocking): tokio's try_read would trust a
+        // readiness flag that may not show bytes that arrived while the pump was not reading.
+        let sock = SockRef::from(s);
+        for _ in 0..IDLE_DISCARD_READS {
+            if !matches!((&*sock).read(&mut buf), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+    pool::give_buffer(buf);
+}
+
 /// Closes `stream` with a reset (linger 0) when it is dropped.
 pub fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
@@ -466,7 +490,10 @@ pub async fn relay_gated(
     } else {
         tokio::select! {
             r = both => r,
-            _ = idle_expired(meters.traffic, idle) => return CloseReason::IdleTimeout,
+            _ = idle_expired(meters.traffic, idle) => {
+                close_idle(client, server);
+                return CloseReason::IdleTimeout;
+            }
         }
     };
     match outcome {
