@@ -32,7 +32,12 @@ fn assert_usage(stdout: &str, ctx: &str) {
         "{ctx}: one usage line: {stdout:?}"
     );
     assert!(stdout.starts_with(USAGE_ORIGINAL), "{ctx}: {stdout:?}");
-    for ext in ["--check", "--data-path", "--pid-file"] {
+    for ext in [
+        "--check",
+        "--data-path",
+        "--pid-file",
+        "[ --xdp (off|generic|native) ]",
+    ] {
         assert!(
             stdout.contains(ext),
             "{ctx}: usage mentions {ext}: {stdout:?}"
@@ -129,6 +134,14 @@ fn usage_errors() {
         "{err:?}"
     );
     assert_usage(&out, "--data-path fast");
+    // Nor in the original: an unknown XDP mode, in the same style.
+    let (code, out, err) = run(&["-f", "g.conf", "--xdp", "on"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (7, "invalid opt[--xdp on]\n"),
+        "{out}"
+    );
+    assert_usage(&out, "--xdp on");
 }
 
 fn sample_conf() -> PathBuf {
