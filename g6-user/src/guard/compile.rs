@@ -9,8 +9,9 @@
 //!   matcher on the 256 octet texts. A pattern with fewer dots is expanded first: each `*`
 //!   may stand for a run containing k dots (`*` → `*.*…`), each `?` for a dot or not; the
 //!   union of the expansions with exactly three dots is the same set of addresses.
-//! * IPv6: only `*`-only patterns (any address) and wildcard-free literals (one address, or
-//!   none if not in canonical form) are compiled; any other wildcard leaves IPv6 unfiltered.
+//! * IPv6: `*`-only patterns (any address), wildcard-free literals (one address, or none if
+//!   not in canonical form) and IPv4-style patterns (none) are compiled; any other wildcard
+//!   leaves IPv6 unfiltered.
 //! * Ports: the 65536-bit set of source ports the port glob matches, by enumeration.
 //!
 //! [`CompiledPattern::matches`] mirrors the kernel's evaluation; the tests check it against
@@ -237,7 +238,13 @@ fn v6_ips(glob: &str) -> Option<Vec<IpMatch>> {
         return Some(vec![IpMatch::Any]);
     }
     if glob.contains(['*', '?']) {
-        return None;
+        // IPv6 text has a ':' before any '.', so a text starting with a '.' before any ':'
+        // is never IPv6: an IPv4-style pattern like `192.168.1.*` matches no IPv6 client.
+        let literal_prefix = &glob[..glob.find(['*', '?']).unwrap_or(glob.len())];
+        return match literal_prefix.split_once('.') {
+            Some((head, _)) if !head.contains(':') => Some(Vec::new()),
+            _ => None,
+        };
     }
     // A literal matches only the address whose canonical text it is (if any).
     Some(match glob.parse::<Ipv6Addr>() {
@@ -304,6 +311,10 @@ mod tests {
 
     #[test]
     fn ipv6_wildcards_are_unfiltered_and_never_wrong() {
+        // IPv4-style wildcards never match IPv6 text: IPv6 stays exact.
+        let r = compile_rule(&[pat("10.0.*", "*"), pat("::1", "*")]);
+        assert_eq!(r.allows("[::1]:1".parse().unwrap()), Some(true));
+        assert_eq!(r.allows("[::2]:1".parse().unwrap()), Some(false));
         let r = compile_rule(&[pat("fe80::*", "*"), pat("10.0.0.1", "*")]);
         assert_eq!(r.v6, None);
         assert_eq!(r.allows("[fe80::1]:1".parse().unwrap()), None);
@@ -343,7 +354,7 @@ mod tests {
 
     #[test]
     fn exhaustive_on_small_octets() {
-        // Every pattern of up to 4 symbols over a small alphabet, against addresses whose
+        // Every pattern of up to 5 symbols over a small alphabet, against addresses whose
         // octets use those digits, is decided exactly or not at all.
         let alphabet = [b'1', b'2', b'.', b'*', b'?'];
         let addrs: Vec<SocketAddr> = [1u8, 2, 11, 12, 21, 121, 212]
@@ -360,7 +371,7 @@ mod tests {
                     assert!(agrees(&p, a), "{p:?} {a}");
                 }
             }
-            if p.len() < 7 {
+            if p.len() < 5 {
                 for &c in &alphabet {
                     let mut q = p.clone();
                     q.push(c);
@@ -404,7 +415,11 @@ mod tests {
         #[test]
         fn kernel_view_agrees_with_glob_v6(
             ip in prop_oneof![glob_from(b"0123:abf.*?", 12), any::<Ipv6Addr>().prop_map(|a| a.to_string())],
-            addr in prop_oneof![any::<Ipv6Addr>(), Just(Ipv6Addr::LOCALHOST)],
+            addr in prop_oneof![
+                any::<Ipv6Addr>(),
+                Just(Ipv6Addr::LOCALHOST),
+                any::<Ipv4Addr>().prop_map(|a| a.to_ipv6_mapped()),
+            ],
             sport in any::<u16>(),
         ) {
             let p = vec![pat(&ip, "*")];
