@@ -314,7 +314,8 @@ fn listening_holders(addr: SocketAddr, tag: &str) -> Vec<i32> {
         .collect()
 }
 
-/// `-f <dir>/g6.conf --log-filename <dir>/g6.log --data-path copy <extra>` (no --no-daemon).
+/// `-f <dir>/g6.conf --log-filename <dir>/g6.log --data-path copy --xdp off <extra>` (no
+/// --no-daemon; the XDP guard off as in `G6Proc::standard_args`).
 fn daemon_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         "-f".into(),
@@ -323,6 +324,8 @@ fn daemon_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
         dir.join("g6.log").into(),
         "--data-path".into(),
         "copy".into(),
+        "--xdp".into(),
+        "off".into(),
     ];
     v.extend(extra.iter().map(OsString::from));
     v
