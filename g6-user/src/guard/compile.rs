@@ -201,7 +201,7 @@ fn expand(rest: &[u8], dots: usize, cur: &mut Vec<u8>, out: &mut Vec<Vec<u8>>) -
         return out.len() <= MAX_EXPANSIONS;
     };
     let len = cur.len();
-    let ok = match c {
+    match c {
         b'*' => (0..=dots).all(|k| {
             cur.push(b'*');
             for _ in 0..k {
@@ -228,8 +228,7 @@ fn expand(rest: &[u8], dots: usize, cur: &mut Vec<u8>, out: &mut Vec<Vec<u8>>) -
             cur.truncate(len);
             ok
         }
-    };
-    ok
+    }
 }
 
 /// IPv6 alternatives of an address glob; `None` when not compilable exactly.
