@@ -571,3 +571,95 @@ fn userspace_blocks_without_xdp_and_reload_recomputes() {
     assert!(served, "{}", g6.diagnostics());
     assert!(seg.server_has_xdp());
 }
+
+/// `prog/xdp id N` on the server's interface, if attached.
+fn prog_id(seg: &Segment) -> Option<u32> {
+    let out = seg
+        .server
+        .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
+    let rest = out.split("prog/xdp id ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|t| !t.trim_start().starts_with('Z'))
+    })
+}
+
+/// USR2: the successor swaps its program into the predecessor's links (BPF_LINK_UPDATE), so
+/// the interface is never without the guard, and keeps them after the old generation exits.
+#[test]
+fn usr2_successor_takes_over_the_attachment_without_a_gap() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !available() {
+        return;
+    }
+    let seg = Arc::new(Segment::new("u"));
+    let s1 = backend(&seg);
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pid_file = pid_dir.path().join("g6.pid");
+    let pf = pid_file.to_str().unwrap();
+    let g6 = start(
+        &seg,
+        &conf(s1.addr(), ""),
+        &["--xdp", "generic", "--pid-file", pf],
+    );
+    let old = g6.pid();
+    let first = prog_id(&seg).expect("attached");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seg, stop) = (seg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut samples, mut gaps) = (0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                samples += 1;
+                gaps += u32::from(prog_id(&seg).is_none());
+            }
+            (samples, gaps)
+        })
+    };
+    g6.signal(Signal::SIGUSR2);
+    let new = support::wait_for(WAIT_TIMEOUT, || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|&p| p != old)
+    })
+    .unwrap_or_else(|| panic!("no successor {}", g6.diagnostics()));
+    let swapped = wait_until(WAIT_TIMEOUT, || prog_id(&seg).is_some_and(|id| id != first));
+    assert!(swapped, "the successor's program never replaced {first}");
+    assert!(
+        g6.wait_exit(WAIT_TIMEOUT).is_some(),
+        "old generation still running {}",
+        g6.diagnostics()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (samples, gaps) = watcher.join().unwrap();
+    assert!(
+        samples > 10 && gaps == 0,
+        "{gaps} of {samples} samples without XDP"
+    );
+    // The old generation's exit closed its descriptors; the successor's link remains.
+    let second = prog_id(&seg).expect("still attached");
+    assert_ne!(second, first);
+    let [allowed, disallowed, _] = CLIENT_IPS;
+    assert_eq!(
+        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
+        "s1"
+    );
+    assert!(is_timeout(&connect_from(
+        &seg, disallowed, WEB_PORT, DROPPED
+    )));
+    assert!(drops(&seg).1 >= 1, "counted by the successor's program");
+    assert!(alive(new));
+    signal_pid(new, Signal::SIGTERM);
+    assert!(wait_until(WAIT_TIMEOUT, || !alive(new)));
+    assert!(
+        wait_no_xdp(&seg),
+        "xdp left attached after the successor stopped"
+    );
+}
