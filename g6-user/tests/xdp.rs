@@ -663,3 +663,208 @@ fn usr2_successor_takes_over_the_attachment_without_a_gap() {
         "xdp left attached after the successor stopped"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Measurement (README "XDP guard"): `cargo test --release -p g6-user --test xdp --
+// --ignored --nocapture syn_flood`. Bounded: FLOOD_PACKETS SYNs / FLOOD_CONNECTS connections
+// per run, each phase at most FLOOD_LIMIT.
+
+const FLOOD_PACKETS: u64 = 400_000;
+const FLOOD_CONNECTS: u64 = 20_000;
+const FLOOD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// CPU seconds (user + system) of the processes in `pids`, from /proc/<pid>/stat.
+fn cpu_secs(pids: &[i32]) -> f64 {
+    // SAFETY: no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|s| {
+            let f: Vec<&str> = s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (t(11) + t(12)) / hz // utime, stime (fields 14, 15 of the whole line)
+        })
+        .sum()
+}
+
+/// Busy and total jiffies of all CPUs (/proc/stat), for the kernel's share of the work.
+fn host_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    (total - v[3] - v.get(4).copied().unwrap_or(0), total)
+}
+
+/// Sends `n` SYNs from `src` (random source ports) to `dst` on a raw socket, within
+/// FLOOD_LIMIT; returns (sent, seconds).
+fn raw_syn_flood(src: Ipv4Addr, dst: SocketAddr, n: u64) -> (u64, f64) {
+    // SAFETY: plain socket calls on a descriptor we own; buffers outlive each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let SocketAddr::V4(d) = dst else {
+            panic!("IPv4 only")
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(d.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let start = std::time::Instant::now();
+        let mut sent = 0;
+        while sent < n && start.elapsed() < FLOOD_LIMIT {
+            let sport = 1024 + (sent % 60_000) as u16;
+            let s = SocketAddr::new(src.into(), sport);
+            let mut pkt = packet::ipv4_header(s, dst, &[], 20);
+            pkt.extend_from_slice(&packet::tcp_header(s, dst, Tcp::Syn, sent as u32));
+            let r = libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "sendto: {e}");
+                continue;
+            }
+            sent += 1;
+        }
+        libc::close(fd);
+        (sent, start.elapsed().as_secs_f64())
+    }
+}
+
+/// Up to `n` connections from `src` (4 threads, within `limit`), each read to EOF; returns
+/// (refused, seconds).
+fn connect_flood(
+    seg: &Segment,
+    src: &'static str,
+    n: u64,
+    limit: std::time::Duration,
+) -> (u64, f64) {
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            seg.client.spawn(move || {
+                let src: SocketAddr = format!("{src}:0").parse().unwrap();
+                let dst: SocketAddr = format!("{}:{WEB_PORT}", xdp_support::netns::SERVER_IP)
+                    .parse()
+                    .unwrap();
+                let mut refused = 0;
+                let begin = std::time::Instant::now();
+                for _ in 0..n / 4 {
+                    if begin.elapsed() >= limit {
+                        break;
+                    }
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .unwrap();
+                    s.bind(&src.into()).unwrap();
+                    if s.connect_timeout(&dst.into(), std::time::Duration::from_millis(200))
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                        .unwrap();
+                    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                    if matches!(s.recv(&mut b), Ok(0)) {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    (refused, start.elapsed().as_secs_f64())
+}
+
+#[test]
+#[ignore = "measurement: ~1 minute of floods; run with --ignored --nocapture"]
+fn syn_flood_measurement() {
+    if !available() {
+        return;
+    }
+    let dst: SocketAddr = format!("{}:{WEB_PORT}", xdp_support::netns::SERVER_IP)
+        .parse()
+        .unwrap();
+    let src: Ipv4Addr = CLIENT_IPS[1].parse().unwrap();
+    println!(
+        "| mode | flood | sent | s | dropped by XDP /s | refused by g6 /s | g6 CPU s | host busy % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (mode, tag) in [("generic", "fg"), ("off", "fo")] {
+        // A fresh segment per mode: nothing of the previous run (orphaned sockets) remains.
+        let seg = Segment::new(tag);
+        let s1 = backend(&seg);
+        let g6 = start(&seg, &conf(s1.addr(), ""), &["--xdp", mode]);
+        let refused_now = |seg: &Segment| -> u64 {
+            let s = admin(seg, "show stats\n");
+            let l = s
+                .lines()
+                .find(|l| l.starts_with("rule web "))
+                .unwrap()
+                .to_string();
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("refused="))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        for flood in ["raw SYN", "connect"] {
+            let (d0, r0, c0, h0) = (
+                drops(&seg).1,
+                refused_now(&seg),
+                cpu_secs(&g6.pids()),
+                host_jiffies(),
+            );
+            let (sent, secs) = if flood == "raw SYN" {
+                seg.client
+                    .run(move || raw_syn_flood(src, dst, FLOOD_PACKETS))
+            } else {
+                // With the guard no handshake completes: 5 s show that nothing reaches g6.
+                let limit = if mode == "off" {
+                    FLOOD_LIMIT
+                } else {
+                    std::time::Duration::from_secs(5)
+                };
+                connect_flood(&seg, CLIENT_IPS[1], FLOOD_CONNECTS, limit)
+            };
+            let (d1, c1, h1) = (drops(&seg).1, cpu_secs(&g6.pids()), host_jiffies());
+            // Refusals are logged after the close: wait until the count settles.
+            let mut r1 = refused_now(&seg);
+            while wait_until(std::time::Duration::from_millis(500), || {
+                refused_now(&seg) != r1
+            }) {
+                r1 = refused_now(&seg);
+            }
+            let busy = 100.0 * (h1.0 - h0.0) as f64 / (h1.1 - h0.1).max(1) as f64;
+            println!(
+                "| {mode} | {flood} | {sent} | {secs:.1} | {:.0} | {:.0} | {:.2} | {busy:.0} |",
+                (d1 - d0) as f64 / secs,
+                (r1 - r0) as f64 / secs,
+                c1 - c0
+            );
+        }
+        drop(g6);
+    }
+}
