@@ -570,6 +570,23 @@ fn userspace_blocks_without_xdp_and_reload_recomputes() {
     });
     assert!(served, "{}", g6.diagnostics());
     assert!(seg.server_has_xdp());
+    // A second G6 on the same interface finds it taken: it says so and serves without XDP.
+    let other = start(
+        &seg,
+        &format!(
+            "a2 G {}:* - {}:8601 ;\n",
+            CLIENT_IPS[0],
+            xdp_support::netns::SERVER_IP
+        ),
+        &["--xdp", "generic"],
+    );
+    other.expect_log("the busy interface", WAIT_TIMEOUT, |log| {
+        log.contains(&format!(
+            "attaching XDP to {}: Device or resource busy",
+            seg.server_if
+        ))
+    });
+    assert!(connect_from(&seg, CLIENT_IPS[0], 8601, DROPPED).is_ok());
 }
 
 /// `prog/xdp id N` on the server's interface, if attached.
