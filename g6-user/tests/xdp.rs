@@ -495,13 +495,9 @@ fn the_monitor_holds_the_attachment() {
     }
     let seg = Segment::new("k");
     let s1 = backend(&seg);
-    let g6 = start(&seg, &conf(s1.addr(), ""), &[]);
+    let g6 = start(&seg, &conf(s1.addr(), ""), &["--xdp", "generic"]);
     let [allowed, disallowed, blocked] = CLIENT_IPS;
-    assert!(
-        seg.server_has_xdp(),
-        "default --xdp is generic {}",
-        g6.diagnostics()
-    );
+    assert!(seg.server_has_xdp(), "{}", g6.diagnostics());
     admin(&seg, &format!("block {blocked}\n"));
     assert!(is_timeout(&connect_from(&seg, blocked, WEB_PORT, DROPPED)));
     let worker = *g6.pids().get(1).expect("a worker");
@@ -574,9 +570,10 @@ fn userspace_blocks_without_xdp_and_reload_recomputes() {
     let other = start(
         &seg,
         &format!(
-            "a2 G {}:* - {}:8601 ;\n",
+            "w2 RR {}:* - {}:8601 > {} ;\n",
             CLIENT_IPS[0],
-            xdp_support::netns::SERVER_IP
+            xdp_support::netns::SERVER_IP,
+            s1.addr()
         ),
         &["--xdp", "generic"],
     );
@@ -586,7 +583,10 @@ fn userspace_blocks_without_xdp_and_reload_recomputes() {
             seg.server_if
         ))
     });
-    assert!(connect_from(&seg, CLIENT_IPS[0], 8601, DROPPED).is_ok());
+    assert_eq!(
+        connect_from(&seg, CLIENT_IPS[0], 8601, DROPPED).unwrap(),
+        "s1"
+    );
 }
 
 /// `prog/xdp id N` on the server's interface, if attached.
@@ -633,8 +633,25 @@ fn usr2_successor_takes_over_the_attachment_without_a_gap() {
         std::thread::spawn(move || {
             let (mut samples, mut gaps) = (0u32, 0u32);
             while !stop.load(Ordering::SeqCst) {
-                samples += 1;
-                gaps += u32::from(prog_id(&seg).is_none());
+                // Only a successful `ip` listing the interface counts: `ip -n` can fail
+                // while other tests add or delete namespaces.
+                let out = std::process::Command::new("ip")
+                    .args([
+                        "-n",
+                        &seg.server.name,
+                        "-d",
+                        "link",
+                        "show",
+                        "dev",
+                        &seg.server_if,
+                    ])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                if out.status.success() && text.contains(&format!("{}@", seg.server_if)) {
+                    samples += 1;
+                    gaps += u32::from(!text.contains("prog/xdp id "));
+                }
             }
             (samples, gaps)
         })
