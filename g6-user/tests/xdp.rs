@@ -598,6 +598,29 @@ fn prog_id(seg: &Segment) -> Option<u32> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// `(link_id, prog_id)` of every XDP link descriptor process `pid` holds (fdinfo).
+fn xdp_links(pid: i32) -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_type:").as_deref() == Some("xdp") {
+            let id = |k| field(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            out.push((id("link_id:"), id("prog_id:")));
+        }
+    }
+    out
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit(')')
@@ -627,6 +650,8 @@ fn usr2_successor_takes_over_the_attachment_without_a_gap() {
     );
     let old = g6.pid();
     let first = prog_id(&seg).expect("attached");
+    let old_links = xdp_links(old);
+    assert_eq!(old_links.len(), 1, "the monitor holds one link");
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (seg, stop) = (seg.clone(), stop.clone());
@@ -674,9 +699,15 @@ fn usr2_successor_takes_over_the_attachment_without_a_gap() {
     stop.store(true, Ordering::SeqCst);
     let (samples, gaps) = watcher.join().unwrap();
     assert!(
-        samples > 10 && gaps == 0,
+        samples > 0 && gaps == 0,
         "{gaps} of {samples} samples without XDP"
     );
+    // The proof of "no gap": the successor holds the *same* link (BPF_LINK_UPDATE swaps the
+    // program atomically), now running its own program.
+    let new_links = xdp_links(new);
+    assert_eq!(new_links.len(), 1, "{new_links:?}");
+    assert_eq!(new_links[0].0, old_links[0].0, "same link id");
+    assert_ne!(new_links[0].1, old_links[0].1, "new program");
     // The old generation's exit closed its descriptors; the successor's link remains.
     let second = prog_id(&seg).expect("still attached");
     assert_ne!(second, first);
