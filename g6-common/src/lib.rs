@@ -82,3 +82,107 @@ impl ConnState {
 // SAFETY: repr(C), integers only, no padding (asserted above); every bit pattern is valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ConnState {}
+
+// ---------------------------------------------------------------------------------------------
+// XDP guard (g6-ebpf/src/xdp.rs, g6-user/src/guard/): drops connection requests (TCP SYN
+// without ACK) to G6's listen addresses from blocked sources and from sources that no client
+// pattern of the listener's rule allows. Patterns are compiled by the agent into exact tables.
+// ---------------------------------------------------------------------------------------------
+
+pub const PROG_XDP_GUARD: &str = "g6_xdp_guard";
+/// `XdpListen4 -> XdpListener`: IPv4 listen addresses (`addr` 0 = 0.0.0.0).
+pub const MAP_XDP_LISTEN4: &str = "G6_XDP_LISTEN4";
+/// `XdpListen6 -> XdpListener`: IPv6 listen addresses (`addr` all zero = ::).
+pub const MAP_XDP_LISTEN6: &str = "G6_XDP_LISTEN6";
+/// Array of `XdpPattern`: the compiled client patterns, each listener owns a slice.
+pub const MAP_XDP_PATTERNS: &str = "G6_XDP_PATTERNS";
+/// Array of `u64`: source-port bitmaps, `XDP_PORT_WORDS` words per port set.
+pub const MAP_XDP_PORTS: &str = "G6_XDP_PORTS";
+/// `[u8; 4] -> u64` / `[u8; 16] -> u64`: blocked sources -> deadline in `bpf_ktime_get_ns`
+/// (CLOCK_MONOTONIC) ns, 0 = until unblocked.
+pub const MAP_XDP_BLOCK4: &str = "G6_XDP_BLOCK4";
+pub const MAP_XDP_BLOCK6: &str = "G6_XDP_BLOCK6";
+/// Per-CPU array of `u64` drop counters, indexed by `XDP_STAT_*`.
+pub const MAP_XDP_STATS: &str = "G6_XDP_STATS";
+
+pub const XDP_STAT_BLOCKED: u32 = 0;
+pub const XDP_STAT_NOT_ALLOWED: u32 = 1;
+pub const XDP_STATS: u32 = 2;
+
+/// Listen addresses per family.
+pub const XDP_MAX_LISTENERS: u32 = 1024;
+/// Compiled patterns in total, and per listener (the program's loop bound).
+pub const XDP_MAX_PATTERNS: u32 = 4096;
+pub const XDP_PATTERNS_PER_LISTENER: u32 = 32;
+/// Distinct source-port sets (a port set is a 65536-bit bitmap).
+pub const XDP_MAX_PORT_SETS: u32 = 64;
+pub const XDP_PORT_WORDS: u32 = 65536 / 64;
+/// Blocked sources per family.
+pub const XDP_MAX_BLOCKED: u32 = 65536;
+
+/// `XdpListener::flags`: the rule's patterns could not be compiled exactly; the program passes
+/// every source that is not blocked and the agent's own filter decides.
+pub const XDP_LISTEN_UNFILTERED: u32 = 1;
+
+/// `XdpPattern::kind`.
+pub const XDP_PAT_V4: u32 = 1;
+pub const XDP_PAT_V6_EXACT: u32 = 2;
+pub const XDP_PAT_ANY_IP: u32 = 3;
+/// `XdpPattern::port_set` meaning "every source port".
+pub const XDP_PORTS_ANY: u32 = u32::MAX;
+
+/// Key of `G6_XDP_LISTEN4`: the destination as it is in the packet (`addr` = the 4 address
+/// bytes read as a native u32), `port` in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct XdpListen4 {
+    pub addr: u32,
+    pub port: u32,
+}
+
+/// Key of `G6_XDP_LISTEN6`: the 16 address bytes as 4 native u32, `port` in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct XdpListen6 {
+    pub addr: [u32; 4],
+    pub port: u32,
+}
+
+/// A listener's slice of `G6_XDP_PATTERNS`: a SYN is allowed if any of `count` patterns from
+/// `first` matches (none: dropped, as the agent refuses everyone), unless `flags` says
+/// `XDP_LISTEN_UNFILTERED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpListener {
+    pub first: u32,
+    pub count: u32,
+    pub flags: u32,
+}
+
+/// One compiled client pattern (an exact equivalent of a part of a glob, see the compiler).
+/// `XDP_PAT_V4`: `octets[4 * i .. 4 * i + 4]` is the 256-bit set of allowed values of octet i
+/// (bit v of word v / 64). `XDP_PAT_V6_EXACT`: `v6` = the address bytes as native u32.
+/// `XDP_PAT_ANY_IP`: any address. `port_set`: index into `G6_XDP_PORTS` or `XDP_PORTS_ANY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpPattern {
+    pub octets: [u64; 16],
+    pub v6: [u32; 4],
+    pub port_set: u32,
+    pub kind: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<XdpListen4>() == 8);
+const _: () = assert!(core::mem::size_of::<XdpListen6>() == 20);
+const _: () = assert!(core::mem::size_of::<XdpListener>() == 12);
+const _: () = assert!(core::mem::size_of::<XdpPattern>() == 16 * 8 + 16 + 8);
+
+// SAFETY: repr(C), integers only, no padding (sizes asserted above); every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpListen4 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpListen6 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpListener {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpPattern {}

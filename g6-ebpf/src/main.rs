@@ -16,6 +16,9 @@ use aya_ebpf::{
 };
 use g6_common::{ConnState, MAX_SOCKETS};
 
+/// The XDP guard (its own maps and program).
+mod xdp;
+
 /// Accelerated sockets, keyed by their own `SO_COOKIE`.
 #[map]
 static G6_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::cli::{self, DataPathChoice, EXIT_CONFIG, EXIT_USAGE, Invocation, Options};
+use crate::cli::{self, DataPathChoice, EXIT_CONFIG, EXIT_USAGE, Invocation, Options, XdpChoice};
 use crate::config::{self, Config};
+use crate::guard::{self, AttachMode};
 use crate::lifecycle::monitor::{self, Monitor};
 use crate::lifecycle::worker::WorkerSetup;
 use crate::listeners::{self, LISTEN_FDS_ENV};
@@ -211,14 +212,25 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
     let inherited = std::env::var(LISTEN_FDS_ENV).ok();
     let ready_fd = ready_fd_from_env();
     let (sockets, warnings) = listeners::open_all(&wanted, inherited.as_deref())?;
+    let (xdp_links, xdp_warnings) = std::env::var(guard::LINKS_ENV)
+        .map(|t| guard::inherited_links(&t))
+        .unwrap_or_default();
     // SAFETY: single-threaded still; nothing else reads the environment concurrently.
     unsafe {
         std::env::remove_var(LISTEN_FDS_ENV);
         std::env::remove_var("G6_READY_FD");
+        std::env::remove_var(guard::LINKS_ENV);
     }
-    for w in warnings {
+    for w in warnings.into_iter().chain(xdp_warnings) {
         tracing::warn!("{w}");
     }
+    // Before forking anything: the worker shares the guard's maps through inherited fds.
+    let xdp_mode = match opts.xdp {
+        XdpChoice::Off => None,
+        XdpChoice::Generic => Some(AttachMode::Generic),
+        XdpChoice::Native => Some(AttachMode::Native),
+    };
+    let xdp = guard::start(xdp_mode, &cfg, xdp_links);
     // A session slot is one descriptor (a proxied session takes two slots, two sockets).
     if let (Some(s), Some(n)) = (opts.sessions, nofile)
         && s + 64 > n
@@ -262,6 +274,7 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
             sessions: opts.sessions,
         },
         pid_file: opts.pid_file.clone(),
+        xdp,
     };
     let code = monitor::run(m, ready_fd);
     if let Some(p) = &opts.pid_file {

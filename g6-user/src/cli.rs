@@ -16,7 +16,8 @@ pub const EXIT_CONFIG: i32 = 1;
 pub const USAGE: &str = "USAGE : G6 -f (config_pathfilename) [ -t (forward_thread_size) ] \
 [ -s (forward_session_size) ] [ --log-level (DEBUG|INFO|WARN|ERROR|FATAL) ] \
 [ --log-filename (logfilename) ] [ --close-log ] [ --no-daemon ] [ --set-cpu-affinity ] \
-[ --check ] [ --data-path (auto|sockmap|splice|copy) ] [ --pid-file (pathfilename) ]";
+[ --check ] [ --data-path (auto|sockmap|splice|copy) ] [ --pid-file (pathfilename) ] \
+[ --xdp (off|generic|native) ]";
 
 /// `G6 v<semver> build <date>` then the product line.
 pub fn version_text() -> String {
@@ -69,6 +70,25 @@ impl DataPathChoice {
     }
 }
 
+/// `--xdp` [ext]: the XDP guard's attachment mode, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpChoice {
+    Off,
+    Generic,
+    Native,
+}
+
+impl XdpChoice {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "off" => Self::Off,
+            "generic" => Self::Generic,
+            "native" => Self::Native,
+            _ => return None,
+        })
+    }
+}
+
 /// Validated options of a serving or checking run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -83,6 +103,7 @@ pub struct Options {
     pub check: bool,
     pub data_path: DataPathChoice,
     pub pid_file: Option<PathBuf>,
+    pub xdp: XdpChoice,
 }
 
 /// What the command line asks for.
@@ -137,6 +158,8 @@ struct RawArgs {
     data_path: Option<String>,
     #[arg(long = "pid-file", allow_hyphen_values = true)]
     pid_file: Option<PathBuf>,
+    #[arg(long = "xdp", allow_hyphen_values = true)]
+    xdp: Option<String>,
 }
 
 fn invalid_opt(s: impl fmt::Display) -> UsageError {
@@ -214,6 +237,10 @@ where
             DataPathChoice::parse(v).ok_or_else(|| invalid_opt(format!("--data-path {v}")))?
         }
     };
+    let xdp = match raw.xdp.as_deref() {
+        None => XdpChoice::Generic,
+        Some(v) => XdpChoice::parse(v).ok_or_else(|| invalid_opt(format!("--xdp {v}")))?,
+    };
     let Some(config) = raw.config else {
         // No `-f`: the original printed only the usage.
         return Err(UsageError {
@@ -232,6 +259,7 @@ where
         check: raw.check,
         data_path,
         pid_file: raw.pid_file,
+        xdp,
     })))
 }
 
@@ -258,6 +286,7 @@ mod tests {
         assert_eq!(o.sessions, None);
         assert_eq!(o.log_level, LogLevel::Info);
         assert_eq!(o.data_path, DataPathChoice::Auto);
+        assert_eq!(o.xdp, XdpChoice::Generic);
         assert!(!o.no_daemon && !o.close_log && !o.set_cpu_affinity && !o.check);
     }
 
@@ -282,7 +311,11 @@ mod tests {
             "splice",
             "--pid-file",
             "/tmp/g6.pid",
+            "--xdp",
+            "native",
         ]);
+        assert_eq!(o.xdp, XdpChoice::Native);
+        assert_eq!(run(&["-f", "a", "--xdp", "off"]).xdp, XdpChoice::Off);
         assert_eq!(o.threads, Some(3));
         assert_eq!(o.sessions, Some(100));
         assert_eq!(o.log_level, LogLevel::Debug);
@@ -324,6 +357,8 @@ mod tests {
             err(&["-f", "a", "--data-path", "fast"]),
             "invalid opt[--data-path fast]"
         );
+        assert_eq!(err(&["-f", "a", "--xdp", "on"]), "invalid opt[--xdp on]");
+        assert_eq!(err(&["-f", "a", "--xdp"]), "invalid opt[--xdp]");
         assert_eq!(err(&["-t", "2"]), "", "no -f: usage only");
         assert_eq!(err(&["stray"]), "invalid opt[stray]");
     }

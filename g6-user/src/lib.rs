@@ -10,6 +10,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod fastpath;
+pub mod guard;
 pub mod isolation;
 pub mod lifecycle;
 pub mod limits;

@@ -12,11 +12,16 @@ use e2e::*;
 use serde_json::Value;
 use support::*;
 
+/// SPEC §9.2's five lines, byte for byte, then the three extension commands [ext].
 const HELP: &str = "show (rules|sessions|stats) [json]\n\
                     disable (ip) (port) [disable_timeout]\n\
                     enable (ip) (port) [enable_timeout]\n\
                     heartbeat (ip) (port)\n\
-                    quit\n";
+                    quit\n\
+                    block (ip) [block_timeout]\n\
+                    unblock (ip)\n\
+                    show blocked [json]\n";
+const HELP_LINES: usize = 8;
 const SHOW_USAGE: &str = "USAGE : show (rules|sessions)\n";
 const DISABLE_USAGE: &str = "USAGE : disable (ip) (port) [disable_timeout]\n";
 const ENABLE_USAGE: &str = "USAGE : enable (ip) (port) [enable_timeout]\n";
@@ -218,7 +223,7 @@ fn show_stats_text_byte_for_byte() {
     let mut last = String::new();
     let matched = wait_until(WAIT_TIMEOUT, || {
         ac.send("show stats\n");
-        last = ac.read_lines(7);
+        last = ac.read_lines(8);
         // rt_us of s1 is a measurement: checked for digits, then compared as `N`.
         let line = last.lines().nth(2).unwrap_or("");
         let normalized = match line.rsplit_once("rt_us=") {
@@ -235,7 +240,8 @@ fn show_stats_text_byte_for_byte() {
                  \x20 server {s2} no-heartbeat active=0 total=0 failures=0 bytes_in=0 bytes_out=0 rt_us=-\n\
                  \x20 server {s6} up active=0 total=0 failures=0 bytes_in=0 bytes_out=0 rt_us=-\n\
                  rule r2 MS active=0 total=0 refused=1 bytes_in=0 bytes_out=0\n\
-                 \x20 server {s1} up active=0 total=0 failures=0 bytes_in=0 bytes_out=0 rt_us=-\n"
+                 \x20 server {s1} up active=0 total=0 failures=0 bytes_in=0 bytes_out=0 rt_us=-\n\
+                 xdp off - dropped_blocked=0 dropped_not_allowed=0\n"
             )
     });
     assert!(matched, "show stats:\n{last}\n{}", st.g6.diagnostics());
@@ -432,7 +438,12 @@ fn json_documents_have_the_keys_in_spec_order() {
 
     // stats
     let doc = show_json(a.addr(), "stats");
-    assert_eq!(keys(&doc), ["rules"]);
+    // SPEC's key, then the XDP guard [ext].
+    assert_eq!(keys(&doc), ["rules", "xdp"]);
+    assert_eq!(
+        doc["xdp"].to_string(),
+        r#"{"mode":"off","ifaces":[],"dropped_blocked":0,"dropped_not_allowed":0}"#
+    );
     for r in doc["rules"].as_array().unwrap() {
         assert_eq!(
             keys(r),
@@ -591,15 +602,15 @@ fn framing_pipelining_segmentation_crlf_and_eof() {
     // One segment, several lines.
     let mut c = AdminConn::connect(a);
     c.send("?\nshow\nfoo\n");
-    assert_eq!(c.read_lines(7), want);
+    assert_eq!(c.read_lines(HELP_LINES + 2), want);
     // Byte by byte, each byte its own write (TCP_NODELAY): same replies, same order.
     for b in "?\nshow\nfoo\n".bytes() {
         c.send_bytes(&[b]);
     }
-    assert_eq!(c.read_lines(7), want);
+    assert_eq!(c.read_lines(HELP_LINES + 2), want);
     // CRLF, empty lines, TABs.
     c.send("\r\n\n?\r\nshow\t\r\nfoo\r\n");
-    assert_eq!(c.read_lines(7), want);
+    assert_eq!(c.read_lines(HELP_LINES + 2), want);
     // A `\r` not before the `\n` is part of the line.
     c.send("foo\rbar\n");
     assert_eq!(c.read_lines(1), "invalid command[foo\rbar]\n");
@@ -612,7 +623,7 @@ fn framing_pipelining_segmentation_crlf_and_eof() {
     // quit: nothing more runs, the connection closes without waiting for the client.
     let mut c = AdminConn::connect(a);
     c.send("?\nquit\n?\n");
-    assert_eq!(c.read_lines(5), HELP);
+    assert_eq!(c.read_lines(HELP_LINES), HELP);
     assert!(c.is_closed_within(IO_TIMEOUT), "closed after quit");
     let mut c = AdminConn::connect(a);
     c.send("quit extra\n");
@@ -628,7 +639,7 @@ fn long_lines_and_garbage() {
     let a = st.a;
     let mut other = AdminConn::connect(a);
     other.send("?\n");
-    assert_eq!(other.read_lines(5), HELP);
+    assert_eq!(other.read_lines(HELP_LINES), HELP);
 
     // Exactly 4096 bytes is a line.
     let line = "y".repeat(4096);
@@ -657,7 +668,7 @@ fn long_lines_and_garbage() {
     assert_eq!((data.len(), end), (0, End::Eof));
     // The other admin client is unharmed.
     other.send("?\n");
-    assert_eq!(other.read_lines(5), HELP);
+    assert_eq!(other.read_lines(HELP_LINES), HELP);
 
     // Binary garbage: the first token echoed as received, byte for byte.
     assert_eq!(
@@ -728,4 +739,79 @@ fn admin_clients_are_filtered_and_limited() {
     c3.write_all(b"show\n").unwrap();
     assert_eq!(read_line(&mut c3), SHOW_USAGE.trim_end());
     drop(c1);
+}
+
+/// `block`, `unblock`, `show blocked [json]` [ext], byte for byte; a blocked client is
+/// refused at admission (here without XDP: `--xdp off`) with its own close reason, and a
+/// timed block ends by itself.
+#[test]
+fn block_unblock_and_show_blocked_byte_for_byte() {
+    let st = setup();
+    let a = st.a;
+    assert_eq!(
+        admin_cmd(a, "show blocked\nshow blocked json\n"),
+        "{\"blocked\":[]}\n"
+    );
+    assert_eq!(
+        admin_cmd(
+            a,
+            "block\nblock 127.0.0.300\nblock 127.0.0.3 5d\nunblock\nunblock x\n"
+        ),
+        "USAGE : block (ip) [block_timeout]\n\
+         USAGE : block (ip) [block_timeout]\n\
+         USAGE : block (ip) [block_timeout]\n\
+         USAGE : unblock (ip)\n\
+         USAGE : unblock (ip)\n"
+    );
+    let before = epoch_ms() / 1000;
+    assert_eq!(
+        admin_cmd(a, "block 127.0.0.3\nblock [::1] 1h\nblock 127.0.0.4 0\n"),
+        "127.0.0.3 blocked\n::1 blocked\n127.0.0.4 blocked\n"
+    );
+    let after = epoch_ms() / 1000;
+    let listed = admin_cmd(a, "show blocked\n");
+    let deadline = (before..=after)
+        .map(|t| t + 3600)
+        .find(|d| listed == format!("127.0.0.3 0\n127.0.0.4 0\n::1 {d}\n"));
+    assert!(deadline.is_some(), "{listed:?}");
+    let json = admin_cmd(a, "show blocked json\n");
+    assert_eq!(
+        json,
+        format!(
+            "{{\"blocked\":[{{\"ip\":\"127.0.0.3\",\"deadline\":0}},{{\"ip\":\"127.0.0.4\",\
+             \"deadline\":0}},{{\"ip\":\"::1\",\"deadline\":{}}}]}}\n",
+            deadline.unwrap()
+        )
+    );
+    // Blocked clients are refused at once (SPEC §5.1 "refused"), access line close=blocked;
+    // the same rule still serves others.
+    let me = connect_from("127.0.0.3", st.l1);
+    let me_addr = me.local_addr().unwrap();
+    check_stream_refused(me).unwrap_or_else(|e| panic!("{e} {}", st.g6.diagnostics()));
+    assert!(
+        wait_access(&st.g6, me_addr).ends_with("close=blocked"),
+        "{}",
+        st.g6.diagnostics()
+    );
+    expect_refused_from("::1", st.l6);
+    assert!(served(&st, "127.0.0.5"));
+    // unblock: a reply line only if it was blocked.
+    assert_eq!(
+        admin_cmd(a, "unblock 127.0.0.3\nunblock 127.0.0.3\nunblock 0:0::1\n"),
+        "127.0.0.3 unblocked\n::1 unblocked\n"
+    );
+    assert!(served(&st, "127.0.0.3"));
+    // A timed block ends on time, by itself.
+    assert_eq!(admin_cmd(a, "block 127.0.0.6 1s\n"), "127.0.0.6 blocked\n");
+    expect_refused_from("127.0.0.6", st.l1);
+    let ended = wait_until(WAIT_TIMEOUT, || {
+        admin_cmd(a, "show blocked\n") == "127.0.0.4 0\n"
+    });
+    assert!(ended, "{}", admin_cmd(a, "show blocked\n"));
+    assert!(served(&st, "127.0.0.6"));
+}
+
+/// r1 balances over s1 and s6 (s2 awaits a heartbeat).
+fn served(st: &Setup, from: &str) -> bool {
+    ["s1", "s6"].contains(&identify_from(from, st.l1).0.as_str())
 }

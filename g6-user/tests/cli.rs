@@ -32,7 +32,12 @@ fn assert_usage(stdout: &str, ctx: &str) {
         "{ctx}: one usage line: {stdout:?}"
     );
     assert!(stdout.starts_with(USAGE_ORIGINAL), "{ctx}: {stdout:?}");
-    for ext in ["--check", "--data-path", "--pid-file"] {
+    for ext in [
+        "--check",
+        "--data-path",
+        "--pid-file",
+        "[ --xdp (off|generic|native) ]",
+    ] {
         assert!(
             stdout.contains(ext),
             "{ctx}: usage mentions {ext}: {stdout:?}"
@@ -129,6 +134,14 @@ fn usage_errors() {
         "{err:?}"
     );
     assert_usage(&out, "--data-path fast");
+    // Nor in the original: an unknown XDP mode, in the same style.
+    let (code, out, err) = run(&["-f", "g.conf", "--xdp", "on"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (7, "invalid opt[--xdp on]\n"),
+        "{out}"
+    );
+    assert_usage(&out, "--xdp on");
 }
 
 fn sample_conf() -> PathBuf {
@@ -301,7 +314,8 @@ fn listening_holders(addr: SocketAddr, tag: &str) -> Vec<i32> {
         .collect()
 }
 
-/// `-f <dir>/g6.conf --log-filename <dir>/g6.log --data-path copy <extra>` (no --no-daemon).
+/// `-f <dir>/g6.conf --log-filename <dir>/g6.log --data-path copy --xdp off <extra>` (no
+/// --no-daemon; the XDP guard off as in `G6Proc::standard_args`).
 fn daemon_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         "-f".into(),
@@ -310,6 +324,8 @@ fn daemon_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
         dir.join("g6.log").into(),
         "--data-path".into(),
         "copy".into(),
+        "--xdp".into(),
+        "off".into(),
     ];
     v.extend(extra.iter().map(OsString::from));
     v

@@ -336,7 +336,10 @@ fn help() -> &'static str {
      disable (ip) (port) [disable_timeout]\n\
      enable (ip) (port) [enable_timeout]\n\
      heartbeat (ip) (port)\n\
-     quit\n"
+     quit\n\
+     block (ip) [block_timeout]\n\
+     unblock (ip)\n\
+     show blocked [json]\n"
 }
 
 #[test]

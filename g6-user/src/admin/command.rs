@@ -12,6 +12,12 @@ const HELP: &str = "show (rules|sessions|stats) [json]\n\
                     heartbeat (ip) (port)\n\
                     quit\n";
 
+/// The extension commands' help lines [ext], which the server appends to the `?` reply after
+/// SPEC's five lines (README "Admin port").
+const HELP_EXT: &str = "block (ip) [block_timeout]\n\
+                        unblock (ip)\n\
+                        show blocked [json]\n";
+
 /// The reply to `show` alone or with an unknown word (as the original, without `stats`).
 const SHOW_USAGE: &str = "USAGE : show (rules|sessions)\n";
 
@@ -36,6 +42,10 @@ pub enum UsageOf {
     Disable,
     Enable,
     Heartbeat,
+    /// `block` [ext]
+    Block,
+    /// `unblock` [ext]
+    Unblock,
 }
 
 /// One parsed admin line.
@@ -65,7 +75,13 @@ pub enum Command {
     },
     /// `heartbeat IP PORT`
     Heartbeat { ip: IpAddr, port: u16 },
-    /// `disable`/`enable`/`heartbeat` with missing or malformed arguments; nothing changes.
+    /// `block IP [T]` [ext]: refuse clients from IP, for T seconds (`None`: until unblocked).
+    Block { ip: IpAddr, secs: Option<u32> },
+    /// `unblock IP` [ext]
+    Unblock { ip: IpAddr },
+    /// `show blocked [json]` [ext]
+    ShowBlocked { json: bool },
+    /// A command with missing or malformed arguments; nothing changes.
     Usage(UsageOf),
     /// Anything else; holds the first token as received.
     Invalid(Vec<u8>),
@@ -73,10 +89,11 @@ pub enum Command {
 
 impl Command {
     /// The complete reply of a command that needs no runtime state and leaves the connection
-    /// open: `Empty` (empty reply), `Help`, `ShowUsage`, `Usage`, `Invalid`.
+    /// open: `Empty` (empty reply), `Help`, `ShowUsage`, `Usage`, `Invalid`. For `Help` this
+    /// is SPEC's five lines; the server appends [`help_ext_text`] after them.
     ///
     /// `None` for the commands the server must handle itself: `Quit` (close, no reply),
-    /// `Show`, `Disable`, `Enable`, `Heartbeat`.
+    /// `Show`, `Disable`, `Enable`, `Heartbeat`, `Block`, `Unblock`, `ShowBlocked`.
     pub fn fixed_reply(&self) -> Option<Vec<u8>> {
         match self {
             Self::Empty => Some(Vec::new()),
@@ -88,7 +105,10 @@ impl Command {
             | Self::Show { .. }
             | Self::Disable { .. }
             | Self::Enable { .. }
-            | Self::Heartbeat { .. } => None,
+            | Self::Heartbeat { .. }
+            | Self::Block { .. }
+            | Self::Unblock { .. }
+            | Self::ShowBlocked { .. } => None,
         }
     }
 }
@@ -96,6 +116,11 @@ impl Command {
 /// The `?` reply (five lines, each ending `\n`).
 pub fn help_text() -> &'static str {
     HELP
+}
+
+/// The three extension lines the server appends to the `?` reply [ext].
+pub fn help_ext_text() -> &'static str {
+    HELP_EXT
 }
 
 /// `USAGE : show (rules|sessions)\n`
@@ -109,6 +134,8 @@ pub fn usage_reply(u: UsageOf) -> &'static str {
         UsageOf::Disable => "USAGE : disable (ip) (port) [disable_timeout]\n",
         UsageOf::Enable => "USAGE : enable (ip) (port) [enable_timeout]\n",
         UsageOf::Heartbeat => "USAGE : heartbeat (ip) (port)\n",
+        UsageOf::Block => "USAGE : block (ip) [block_timeout]\n",
+        UsageOf::Unblock => "USAGE : unblock (ip)\n",
     }
 }
 
@@ -143,6 +170,11 @@ pub fn parse_command(line: &[u8]) -> Command {
                 Some(b"rules") => ShowWhat::Rules,
                 Some(b"sessions") => ShowWhat::Sessions,
                 Some(b"stats") => ShowWhat::Stats,
+                Some(b"blocked") => {
+                    return Command::ShowBlocked {
+                        json: toks.next() == Some(b"json"),
+                    };
+                }
                 _ => return Command::ShowUsage,
             };
             let json = toks.next() == Some(b"json");
@@ -175,8 +207,37 @@ pub fn parse_command(line: &[u8]) -> Command {
             Some((ip, port)) => Command::Heartbeat { ip, port },
             None => Command::Usage(UsageOf::Heartbeat),
         },
+        b"block" => {
+            let Some(ip) = toks.next().and_then(parse_ip) else {
+                return Command::Usage(UsageOf::Block);
+            };
+            match toks.next().map(parse_secs) {
+                None | Some(Some(0)) => Command::Block { ip, secs: None },
+                Some(Some(s)) => Command::Block { ip, secs: Some(s) },
+                Some(None) => Command::Usage(UsageOf::Block),
+            }
+        }
+        b"unblock" => match toks.next().and_then(parse_ip) {
+            Some(ip) => Command::Unblock { ip },
+            None => Command::Usage(UsageOf::Unblock),
+        },
         other => Command::Invalid(other.to_vec()),
     }
+}
+
+/// `<ip> blocked\n` [ext]
+pub fn reply_blocked(ip: IpAddr) -> String {
+    format!("{ip} blocked\n")
+}
+
+/// `<ip> unblocked\n` [ext]
+pub fn reply_unblocked(ip: IpAddr) -> String {
+    format!("{ip} unblocked\n")
+}
+
+/// `<ip> not blocked: list full\n` [ext]
+pub fn reply_block_full(ip: IpAddr) -> String {
+    format!("{ip} not blocked: list full\n")
 }
 
 fn ip_port(ip: Option<&[u8]>, port: Option<&[u8]>) -> Option<(IpAddr, u16)> {
@@ -260,6 +321,46 @@ mod tests {
         assert_eq!(p("?"), Command::Help);
         assert_eq!(p(" \t? extra"), Command::Help);
         assert_eq!(reply("?"), Some(expected.as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn block_commands() {
+        let ip = v4(198, 18, 0, 7);
+        assert_eq!(p("block 198.18.0.7"), Command::Block { ip, secs: None });
+        assert_eq!(p("block 198.18.0.7 0"), Command::Block { ip, secs: None });
+        assert_eq!(
+            p("block\t198.18.0.7\t2m extra"),
+            Command::Block {
+                ip,
+                secs: Some(120)
+            }
+        );
+        assert_eq!(
+            p("block [::1] 5"),
+            Command::Block {
+                ip: v6("::1"),
+                secs: Some(5)
+            }
+        );
+        assert_eq!(p("unblock 198.18.0.7 x"), Command::Unblock { ip });
+        for bad in ["block", "block x", "block 1.2.3.4 5d", "block 1.2.3.4:80"] {
+            assert_eq!(p(bad), Command::Usage(UsageOf::Block), "{bad}");
+        }
+        assert_eq!(
+            reply("block 1.2.3"),
+            Some(b"USAGE : block (ip) [block_timeout]\n".to_vec())
+        );
+        assert_eq!(reply("unblock"), Some(b"USAGE : unblock (ip)\n".to_vec()));
+        assert_eq!(p("show blocked"), Command::ShowBlocked { json: false });
+        assert_eq!(p("show blocked json"), Command::ShowBlocked { json: true });
+        assert_eq!(reply("show blocked"), None);
+        assert_eq!(p("Block 1.2.3.4"), Command::Invalid(b"Block".to_vec()));
+        assert_eq!(reply_blocked(ip), "198.18.0.7 blocked\n");
+        assert_eq!(reply_unblocked(v6("::1")), "::1 unblocked\n");
+        assert_eq!(
+            help_ext_text(),
+            "block (ip) [block_timeout]\nunblock (ip)\nshow blocked [json]\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use serde_json::{Value, json};
 
-use super::snapshot::{RuleStats, ServerStateView, SessionRow, fmt_sockaddr};
+use super::snapshot::{
+    BlockedEntry, RuleStats, ServerStateView, SessionRow, XdpStats, fmt_sockaddr,
+};
 use crate::config::Config;
 
 /// `show rules json`: `moratorium`, `rules[]` (`id alg clients[] listens[] servers[]`).
@@ -155,7 +157,34 @@ fn session_json(row: &SessionRow) -> Value {
 
 /// `show stats json`: `rules[]` = `id alg active total refused bytes_in bytes_out servers[]`.
 pub fn render_stats_json(rules: &[RuleStats]) -> String {
-    let rules: Vec<Value> = rules
+    document(json!({ "rules": stats_rules(rules) }))
+}
+
+/// `show stats json` with the XDP guard as an extra last key [ext]:
+/// `"xdp":{"mode","ifaces"[],"dropped_blocked","dropped_not_allowed"}`.
+pub fn render_stats_json_with_xdp(rules: &[RuleStats], x: &XdpStats) -> String {
+    document(json!({
+        "rules": stats_rules(rules),
+        "xdp": {
+            "mode": x.mode,
+            "ifaces": x.ifaces,
+            "dropped_blocked": x.dropped_blocked,
+            "dropped_not_allowed": x.dropped_not_allowed,
+        },
+    }))
+}
+
+/// `show blocked json` [ext]: `{"blocked":[{"ip","deadline"}]}`.
+pub fn render_blocked_json(entries: &[BlockedEntry]) -> String {
+    let blocked: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({ "ip": e.ip.to_string(), "deadline": e.deadline }))
+        .collect();
+    document(json!({ "blocked": blocked }))
+}
+
+fn stats_rules(rules: &[RuleStats]) -> Vec<Value> {
+    rules
         .iter()
         .map(|r| {
             let servers: Vec<Value> = r
@@ -185,8 +214,7 @@ pub fn render_stats_json(rules: &[RuleStats]) -> String {
                 "servers": servers,
             })
         })
-        .collect();
-    document(json!({ "rules": rules }))
+        .collect()
 }
 
 /// Compact (single-line: control characters are escaped) serialisation + `\n`.

@@ -15,10 +15,16 @@ pub mod render;
 pub mod snapshot;
 
 pub use command::{
-    Command, ShowWhat, UsageOf, VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT, help_text,
-    invalid_reply, parse_command, reply_matches, show_usage_reply, usage_reply,
+    Command, ShowWhat, UsageOf, VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT, help_ext_text,
+    help_text, invalid_reply, parse_command, reply_block_full, reply_blocked, reply_matches,
+    reply_unblocked, show_usage_reply, usage_reply,
 };
 pub use framing::{LineSplitter, LineTooLong, MAX_LINE};
-pub use json::{render_rules_json, render_sessions_json, render_stats_json};
-pub use render::{render_sessions_text, render_stats_text};
-pub use snapshot::{RuleStats, ServerStateView, ServerStats, SessionRow, fmt_sockaddr};
+pub use json::{
+    render_blocked_json, render_rules_json, render_sessions_json, render_stats_json,
+    render_stats_json_with_xdp,
+};
+pub use render::{render_blocked_text, render_sessions_text, render_stats_text, render_xdp_text};
+pub use snapshot::{
+    BlockedEntry, RuleStats, ServerStateView, ServerStats, SessionRow, XdpStats, fmt_sockaddr,
+};

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use super::snapshot::{RuleStats, SessionRow, push_sockaddr};
+use super::snapshot::{BlockedEntry, RuleStats, SessionRow, XdpStats, push_sockaddr};
 
 /// `show sessions`: rows in the given order (listeners in config order, then admin and
 /// proxied connections oldest first — the caller orders them). A proxied session gives two
@@ -94,6 +94,29 @@ pub fn render_stats_text(rules: &[RuleStats]) -> String {
                 None => out.push_str("-\n"),
             }
         }
+    }
+    out
+}
+
+/// The line `show stats` adds after SPEC's lines [ext]:
+/// `xdp <mode> <iface,…|-> dropped_blocked=<n> dropped_not_allowed=<n>`.
+pub fn render_xdp_text(x: &XdpStats) -> String {
+    let ifaces = if x.ifaces.is_empty() {
+        "-".to_string()
+    } else {
+        x.ifaces.join(",")
+    };
+    format!(
+        "xdp {} {ifaces} dropped_blocked={} dropped_not_allowed={}\n",
+        x.mode, x.dropped_blocked, x.dropped_not_allowed
+    )
+}
+
+/// `show blocked` [ext]: `<ip> <deadline>` per entry (deadline in epoch seconds, 0 = none).
+pub fn render_blocked_text(entries: &[BlockedEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let _ = writeln!(out, "{} {}", e.ip, e.deadline);
     }
     out
 }

@@ -103,6 +103,25 @@ pub(crate) fn push_sockaddr(out: &mut String, addr: &SocketAddr) {
     };
 }
 
+/// The XDP guard's line of `show stats` [ext].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpStats {
+    /// `off`, `generic` or `native`.
+    pub mode: &'static str,
+    /// Guarded interfaces (empty: none).
+    pub ifaces: Vec<String>,
+    pub dropped_blocked: u64,
+    pub dropped_not_allowed: u64,
+}
+
+/// One line of `show blocked` [ext].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockedEntry {
+    pub ip: std::net::IpAddr,
+    /// Wall-clock epoch seconds at which the block ends; 0 = until unblocked.
+    pub deadline: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,8 @@ pub enum Message {
     ReopenLog,
     /// Apply this config text; the descriptors are the listeners it adds, in config order.
     Reload(Vec<u8>),
+    /// The XDP guard's attachment changed (reload): `XdpStatus::encode` text.
+    XdpStatus(String),
 }
 
 impl Message {
@@ -38,6 +40,11 @@ impl Message {
                 v.extend_from_slice(text);
                 v
             }
+            Message::XdpStatus(text) => {
+                let mut v = b"X".to_vec();
+                v.extend_from_slice(text.as_bytes());
+                v
+            }
         }
     }
 
@@ -47,6 +54,7 @@ impl Message {
             b'S' => Message::Stop,
             b'L' => Message::ReopenLog,
             b'R' => Message::Reload(data[1..].to_vec()),
+            b'X' => Message::XdpStatus(String::from_utf8(data[1..].to_vec()).ok()?),
             _ => return None,
         })
     }
@@ -132,12 +140,15 @@ mod tests {
         )
         .unwrap();
         send(a.as_raw_fd(), &Message::Drain, &[]).unwrap();
+        let xdp = Message::XdpStatus("generic lo,veth0".into());
+        send(a.as_raw_fd(), &xdp, &[]).unwrap();
         let (m, fds) = recv(b.as_raw_fd()).unwrap().unwrap();
         assert_eq!(m, Message::Reload(b"conf".to_vec()));
         assert_eq!(fds.len(), 1);
         let got = std::net::TcpListener::from(fds.into_iter().next().unwrap());
         assert_eq!(got.local_addr().unwrap(), addr);
         assert_eq!(recv(b.as_raw_fd()).unwrap().unwrap().0, Message::Drain);
+        assert_eq!(recv(b.as_raw_fd()).unwrap().unwrap().0, xdp);
         drop(a);
         assert!(recv(b.as_raw_fd()).unwrap().is_none());
     }

@@ -47,6 +47,9 @@ pub struct Monitor {
     pub listeners: Vec<(SocketAddr, TcpListener)>,
     pub setup: WorkerSetup,
     pub pid_file: Option<PathBuf>,
+    /// The XDP guard (holds the links; the worker shares its maps). None with `--xdp off`
+    /// or when it could not be loaded.
+    pub xdp: Option<crate::guard::Guard>,
 }
 
 struct Running {
@@ -144,6 +147,10 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
                     "USR2: successor {} failed before serving ({how}); still serving",
                     s.pid
                 );
+                // It may have swapped its program into our XDP links already.
+                if let Some(g) = &m.xdp {
+                    g.reclaim();
+                }
             }
         }
 
@@ -310,6 +317,10 @@ fn spawn_successor(m: &Monitor) -> std::io::Result<Successor> {
     let list: String = inherit.iter().map(|fd| format!("{fd}|")).collect();
     let env_fds = format!("{}|{list}", inherit.len());
     inherit.push(ready_w.as_raw_fd());
+    // The XDP links too: the successor swaps its program into them (no unguarded moment).
+    let links = m.xdp.as_ref().map(|g| g.link_fds()).unwrap_or_default();
+    let env_links: String = links.iter().map(|(i, fd)| format!("{i}:{fd}|")).collect();
+    inherit.extend(links.iter().map(|(_, fd)| *fd));
     let exe = if m.exe.exists() {
         m.exe.clone()
     } else {
@@ -318,7 +329,8 @@ fn spawn_successor(m: &Monitor) -> std::io::Result<Successor> {
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(&m.argv)
         .env(LISTEN_FDS_ENV, env_fds)
-        .env("G6_READY_FD", ready_w.as_raw_fd().to_string());
+        .env("G6_READY_FD", ready_w.as_raw_fd().to_string())
+        .env(crate::guard::LINKS_ENV, env_links);
     // SAFETY: only async-signal-safe calls (fcntl, sigprocmask) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -382,6 +394,9 @@ fn reload(m: &mut Monitor, worker: &Option<Running>) {
     for w in &cfg.warnings {
         tracing::warn!("{}", config::format_warning(&label, w));
     }
+    if let Some(g) = m.xdp.as_mut() {
+        reload_xdp(g, &cfg, worker);
+    }
     // Keep the sockets in config order; removed ones close here (the worker closes its copies).
     let mut old = std::mem::take(&mut m.listeners);
     old.extend(added);
@@ -401,4 +416,19 @@ fn reload(m: &mut Monitor, worker: &Option<Running>) {
     notify(&[sd_notify::NotifyState::Status(&status)]);
     m.cfg = cfg;
     m.conf_text = text;
+}
+
+/// HUP: the guard's tables and interfaces for the new config; the worker learns the new
+/// attachment for `show stats`. A failure leaves user-space filtering in charge (WARN).
+fn reload_xdp(g: &mut crate::guard::Guard, cfg: &Config, worker: &Option<Running>) {
+    match g.apply(cfg, &mut Vec::new()) {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(e) => tracing::warn!("HUP: xdp guard: {e}; clients are filtered in user space"),
+    }
+    if let Some(w) = worker {
+        let msg = Message::XdpStatus(g.status().encode());
+        if let Err(e) = control::send(w.control.as_raw_fd(), &msg, &[]) {
+            tracing::warn!("HUP: cannot tell the worker about the xdp guard: {e}");
+        }
+    }
 }

@@ -224,6 +224,11 @@ async fn serve(
                     (Message::Reload(text), fds) => {
                         apply_reload(&shared, &mut listeners, &setup.conf_label, &text, fds);
                     }
+                    (Message::XdpStatus(text), _) => {
+                        if let Some(status) = crate::guard::XdpStatus::decode(&text) {
+                            crate::guard::set_status(status);
+                        }
+                    }
                 }
             }
             _ = shared.registry.wait_no_proxied(), if draining => {

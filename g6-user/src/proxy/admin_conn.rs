@@ -95,10 +95,53 @@ fn for_servers(
     reply
 }
 
+/// `block`, `unblock`, `show blocked` [ext].
+fn block_command(shared: &Shared, command: &Command, now: Now) -> String {
+    let list = &shared.blocklist;
+    match *command {
+        Command::Block { ip, secs } => match list.block(ip, secs, now) {
+            Ok(_) => {
+                tracing::warn!(
+                    "{ip} blocked by admin{}",
+                    secs.map_or(String::new(), |s| format!(" for {s} s"))
+                );
+                admin::reply_blocked(ip)
+            }
+            Err(e) => {
+                tracing::warn!("block {ip}: {e}");
+                admin::reply_block_full(ip)
+            }
+        },
+        Command::Unblock { ip } if list.unblock(ip) => {
+            tracing::warn!("{ip} unblocked by admin");
+            admin::reply_unblocked(ip)
+        }
+        Command::ShowBlocked { json } => {
+            let entries: Vec<admin::BlockedEntry> = list
+                .list()
+                .into_iter()
+                .map(|(ip, b)| admin::BlockedEntry {
+                    ip,
+                    deadline: b.epoch_deadline,
+                })
+                .collect();
+            if json {
+                admin::render_blocked_json(&entries)
+            } else {
+                admin::render_blocked_text(&entries)
+            }
+        }
+        _ => String::new(),
+    }
+}
+
 fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
     let command = admin::parse_command(line);
     if let Some(fixed) = command.fixed_reply() {
         out.extend_from_slice(&fixed);
+        if command == Command::Help {
+            out.extend_from_slice(admin::help_ext_text().as_bytes());
+        }
         return Outcome::Continue;
     }
     let rt = shared.runtime();
@@ -114,9 +157,18 @@ fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
             }
             (ShowWhat::Sessions, false) => admin::render_sessions_text(&session_rows(shared)),
             (ShowWhat::Sessions, true) => admin::render_sessions_json(&session_rows(shared)),
-            (ShowWhat::Stats, false) => admin::render_stats_text(&rt.stats(now)),
-            (ShowWhat::Stats, true) => admin::render_stats_json(&rt.stats(now)),
+            (ShowWhat::Stats, false) => {
+                let mut text = admin::render_stats_text(&rt.stats(now));
+                text.push_str(&admin::render_xdp_text(&crate::guard::stats()));
+                text
+            }
+            (ShowWhat::Stats, true) => {
+                admin::render_stats_json_with_xdp(&rt.stats(now), &crate::guard::stats())
+            }
         },
+        Command::Block { .. } | Command::Unblock { .. } | Command::ShowBlocked { .. } => {
+            block_command(shared, &command, now)
+        }
         Command::Disable { ip, port, secs } => {
             for_servers(&rt, ip, port, VERB_DISABLE, |iso, now| {
                 iso.disable(secs, now);

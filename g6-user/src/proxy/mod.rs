@@ -38,6 +38,8 @@ pub struct Shared {
     listeners: Mutex<Vec<Arc<ListenerInfo>>>,
     /// The loaded eBPF fast path when the data path is `sockmap`.
     pub accelerator: Option<sockmap::Accelerator>,
+    /// Sources refused at admission (admin `block`); mirrored into the XDP guard if loaded.
+    pub blocklist: crate::guard::BlockList,
 }
 
 impl Shared {
@@ -49,6 +51,7 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Shared {
             accelerator,
+            blocklist: crate::guard::BlockList::for_worker(),
             runtime: ArcSwap::from_pointee(runtime),
             registry: Arc::new(Registry::default()),
             slots,
@@ -119,6 +122,9 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
     };
     let rule = &rt.config.rules[ri];
     let _ = client.set_nodelay(true);
+    if shared.blocklist.is_blocked(peer.ip()) {
+        return refuse(&rt, ri, listener.addr, peer, CloseReason::Blocked);
+    }
     let weight = if rule.is_admin() { 1 } else { 2 };
     let Some(slot) = shared.slots.try_acquire(weight) else {
         return refuse(&rt, ri, listener.addr, peer, CloseReason::Slots);

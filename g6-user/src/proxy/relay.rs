@@ -57,6 +57,8 @@ pub enum CloseReason {
     Filter,
     ClientLimit,
     Slots,
+    /// Refused: the source is on the admin's block list [ext].
+    Blocked,
     Shutdown,
     Error,
 }
@@ -74,6 +76,7 @@ impl CloseReason {
             CloseReason::Filter => "filter",
             CloseReason::ClientLimit => "client_limit",
             CloseReason::Slots => "slots",
+            CloseReason::Blocked => "blocked",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
         }

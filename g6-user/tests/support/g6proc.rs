@@ -123,12 +123,17 @@ impl G6Proc {
         dir
     }
 
-    /// `-f <dir>/g6.conf --no-daemon --log-filename <dir>/g6.log --log-level DEBUG <extra>`.
+    /// `-f <dir>/g6.conf --no-daemon --xdp off --log-filename <dir>/g6.log --log-level DEBUG
+    /// <extra>`. The XDP guard is off unless `extra` turns it on (last flag wins): with it, a
+    /// filtered client's SYN is dropped instead of accepted and closed (SPEC §5.1), and
+    /// concurrent tests would race for the loopback interface's single XDP attachment.
     pub fn standard_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             "-f".into(),
             dir.join("g6.conf").into(),
             "--no-daemon".into(),
+            "--xdp".into(),
+            "off".into(),
         ];
         v.extend([
             "--log-filename".into(),
