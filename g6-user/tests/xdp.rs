@@ -877,7 +877,7 @@ fn syn_flood_measurement() {
         "| mode | flood | sent | s | dropped by XDP /s | refused by g6 /s | g6 CPU s | host busy % |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (mode, tag) in [("generic", "fg"), ("off", "fo")] {
+    for (mode, tag) in [("native", "fn"), ("generic", "fg"), ("off", "fo")] {
         // A fresh segment per mode: nothing of the previous run (orphaned sockets) remains.
         let seg = Segment::new(tag);
         let s1 = backend(&seg);
@@ -932,4 +932,37 @@ fn syn_flood_measurement() {
         }
         drop(g6);
     }
+}
+
+/// `--xdp native`: veth has a native XDP driver hook; `lo` has none and falls back.
+#[test]
+fn native_mode_on_veth_and_fallback_on_lo() {
+    if !available() {
+        return;
+    }
+    let seg = Segment::new("n");
+    let s1 = backend(&seg);
+    let [allowed, disallowed, _] = CLIENT_IPS;
+    let conf = format!(
+        "{}local G 127.0.0.1:* - 127.0.0.1:8602 ;\n",
+        conf(s1.addr(), "")
+    );
+    let g6 = start(&seg, &conf, &["--xdp", "native"]);
+    let link = seg
+        .server
+        .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
+    assert!(link.contains(" xdp ") || link.contains(" xdp/"), "{link}");
+    assert!(!link.contains("xdpgeneric"), "{link}");
+    let stats = admin(&seg, "show stats\n");
+    let want = format!("xdp native lo:generic,{} ", seg.server_if);
+    let got = stats.lines().find(|l| l.starts_with("xdp ")).unwrap_or("");
+    assert!(got.starts_with(&want), "{got:?} {}", g6.diagnostics());
+    assert_eq!(
+        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
+        "s1"
+    );
+    assert!(is_timeout(&connect_from(
+        &seg, disallowed, WEB_PORT, DROPPED
+    )));
+    assert!(drops(&seg).1 >= 1);
 }
