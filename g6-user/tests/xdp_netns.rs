@@ -440,3 +440,56 @@ fn syn_flood_measurement() {
         drop(g6);
     }
 }
+
+/// A USR2 successor that fails after taking over the links (here: it cannot write the pid
+/// file) leaves them running its program; the old generation puts its own back.
+#[test]
+fn failed_successor_gives_the_links_back() {
+    if !available() {
+        return;
+    }
+    let seg = Segment::new("r");
+    let s1 = backend(&seg);
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pid_file = pid_dir.path().join("g6.pid");
+    let pf = pid_file.to_str().unwrap().to_string();
+    let g6 = start(
+        &seg,
+        &conf(s1.addr(), ""),
+        &["--xdp", "generic", "--pid-file", &pf],
+    );
+    let first = prog_id(&seg).expect("attached");
+    std::fs::remove_dir_all(pid_dir.path()).unwrap();
+    g6.signal(Signal::SIGUSR2);
+    g6.expect_log("the failed successor", WAIT_TIMEOUT, |log| {
+        log.contains("failed before serving")
+    });
+    // The successor did take the links over (its guard started on the interface) ...
+    let attached = format!("xdp guard: generic mode on {}", seg.server_if);
+    assert_eq!(
+        g6.log_contents().matches(&attached).count(),
+        2,
+        "{}",
+        g6.diagnostics()
+    );
+    // ... and the old generation's program is back in them.
+    assert!(
+        wait_until(WAIT_TIMEOUT, || prog_id(&seg) == Some(first)),
+        "program {:?} instead of {first} {}",
+        prog_id(&seg),
+        g6.diagnostics()
+    );
+    let [allowed, disallowed, _] = CLIENT_IPS;
+    let before = drops(&seg).1;
+    assert!(is_timeout(&connect_from(
+        &seg, disallowed, WEB_PORT, DROPPED
+    )));
+    assert!(
+        drops(&seg).1 > before,
+        "counted by the old generation's own program"
+    );
+    assert_eq!(
+        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
+        "s1"
+    );
+}
