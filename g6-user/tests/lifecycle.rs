@@ -483,6 +483,65 @@ fn set_cpu_affinity_pins_relay_threads() {
     assert_eq!(main.1, "0", "{threads:?}");
 }
 
+/// `-t 3`: every relay thread accepts on the same listening socket (thread 0 on it, the others
+/// on duplicates) and serves the clients it accepted; `show sessions` still lists the socket
+/// once, and TERM closes it in every thread (else the kernel would keep accepting).
+#[test]
+fn relay_threads_share_each_listener_and_all_close_it_on_term() {
+    let echo = Backend::echo();
+    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
+    let g6 = G6Proc::start(
+        &format!(
+            "admin G 127.0.0.1:* - {a} ;\nr RR *:* - {l} > {} ;\n",
+            echo.addr()
+        ),
+        &[&a, &l],
+        &["--data-path", "copy", "-t", "3"],
+    );
+    let worker = wait_for(WAIT_TIMEOUT, || children(g6.pid()).first().copied()).unwrap();
+    let relay_threads = || {
+        thread_cpus(worker)
+            .iter()
+            .filter(|(n, _)| n == "g6-relay")
+            .count()
+    };
+    // The worker starts its threads after the monitor reported ready.
+    assert!(
+        wait_until(WAIT_TIMEOUT, || relay_threads() == 3),
+        "{:?}",
+        thread_cpus(worker)
+    );
+    // Concurrent clients: the threads race on accept; every client is served.
+    let clients: Vec<_> = (0..24u64)
+        .map(|i| {
+            let addr = l.addr();
+            std::thread::spawn(move || echo_once(addr, 20_000, i))
+        })
+        .collect();
+    for c in clients {
+        c.join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}", g6.diagnostics()));
+    }
+    let text = admin_cmd(a.addr(), "show sessions\n");
+    let listen_lines = text
+        .lines()
+        .filter(|x| x.contains("LISTEN") && x.contains(&format!("- {l}(#")))
+        .count();
+    assert_eq!(listen_lines, 1, "{text}");
+    g6.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(WAIT_TIMEOUT, || matches!(
+            TcpStream::connect_timeout(&l.addr(), Duration::from_millis(500)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )),
+        "a relay thread kept the listener open after TERM\n{}",
+        g6.diagnostics()
+    );
+    let status = g6.wait_exit(WAIT_TIMEOUT).expect("g6 did not exit");
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn usr2_successor_applies_a_changed_config() {
     let s1 = Backend::identify("s1");

@@ -3,4 +3,5 @@
 
 pub mod control;
 pub mod monitor;
+pub mod threads;
 pub mod worker;

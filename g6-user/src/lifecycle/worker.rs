@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use super::control::{self, Message};
+use super::threads::RelayThreads;
 use crate::config::{self, Config};
 use crate::isolation::Now;
 use crate::limits::{SlotPermit, SlotPool};
@@ -65,25 +65,25 @@ pub fn run_child(
         // here (the child ends with _exit), so each descriptor has exactly one owner.
         .map(|fd| unsafe { TcpListener::from_raw_fd(*fd) })
         .collect();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder
-        .worker_threads(setup.threads)
-        .enable_all()
-        .thread_name("g6-relay");
-    if setup.set_cpu_affinity {
-        let cpus = crate::app::allowed_cpus();
-        let next = Arc::new(AtomicUsize::new(0));
-        let relay_cpus = cpus.clone();
-        builder.on_thread_start(move || {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            crate::app::pin_current_thread(&relay_cpus, Some(i));
-        });
-        crate::app::pin_current_thread(&cpus, None);
+    let cpus = setup.set_cpu_affinity.then(crate::app::allowed_cpus);
+    if let Some(cpus) = &cpus {
+        crate::app::pin_current_thread(cpus, None);
     }
-    let rt = match builder.build() {
+    // The main thread only obeys the control channel and logs isolation changes.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("worker: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let relays = match RelayThreads::start(setup.threads.max(1), cpus.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("worker: cannot start the relay threads: {e}");
             return 1;
         }
     };
@@ -95,55 +95,86 @@ pub fn run_child(
         setup.threads,
         setup.data_path.as_str()
     );
-    let code = rt.block_on(serve(cfg.clone(), sockets, control_fd, setup.clone()));
+    let code = rt.block_on(serve(
+        cfg.clone(),
+        sockets,
+        control_fd,
+        setup.clone(),
+        &relays,
+    ));
+    drop(relays);
     rt.shutdown_timeout(Duration::from_millis(100));
     code
 }
 
-/// The worker's listeners by address, each with its stop switch.
-struct Listeners {
+/// An accept loop per relay thread for one listener, and their common stop switch.
+struct Accepting {
+    stop: watch::Sender<bool>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The worker's listeners by address.
+struct Listeners<'a> {
     shared: Arc<Shared>,
-    stops: HashMap<SocketAddr, (watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    relays: &'a RelayThreads,
+    stops: HashMap<SocketAddr, Accepting>,
     slots: Vec<SlotPermit>,
 }
 
-impl Listeners {
+impl Listeners<'_> {
+    /// Every relay thread accepts on the listener: thread 0 on the socket itself (whose
+    /// descriptor `show sessions` lists), the others on duplicates. All of them close when
+    /// the listener is stopped, so the worker keeps no copy.
     fn start(&mut self, rule_id: &str, addr: SocketAddr, socket: TcpListener) {
         match self.shared.slots.try_acquire(1) {
             Some(p) => self.slots.push(p),
             None => tracing::warn!("-s leaves no slot for listener {addr}"),
         }
-        let info = Arc::new(ListenerInfo {
-            rule_id: rule_id.to_string(),
-            addr,
-            fd: socket.as_raw_fd(),
-        });
-        let listener = match tokio::net::TcpListener::from_std(socket) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("cannot listen on {addr}: {e}");
-                return;
+        let info = Arc::new(ListenerInfo::new(rule_id, addr, &socket));
+        let mut sockets = Vec::with_capacity(self.relays.handles().len());
+        for _ in 1..self.relays.handles().len() {
+            match socket.try_clone() {
+                Ok(s) => sockets.push(s),
+                Err(e) => {
+                    tracing::error!("listener {addr}: not shared with every relay thread: {e}")
+                }
             }
-        };
-        let (tx, rx) = watch::channel(false);
+        }
+        sockets.insert(0, socket);
+        let (stop, rx) = watch::channel(false);
         self.shared.add_listener(info.clone());
-        let task = tokio::spawn(proxy::accept_loop(self.shared.clone(), listener, info, rx));
-        self.stops.insert(addr, (tx, task));
+        let loops = self
+            .relays
+            .handles()
+            .iter()
+            .zip(sockets)
+            .map(|(thread, socket)| {
+                thread.spawn(proxy::accept_loop(
+                    self.shared.clone(),
+                    socket,
+                    info.clone(),
+                    rx.clone(),
+                ))
+            })
+            .collect();
+        self.stops.insert(addr, Accepting { stop, loops });
     }
 
-    /// Tells the accept loop to close its listener; the returned task ends once it has.
-    fn stop(&mut self, addr: &SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
+    /// Tells the accept loops to close their sockets; the returned tasks end once they have.
+    fn stop(&mut self, addr: &SocketAddr) -> Vec<tokio::task::JoinHandle<()>> {
         self.shared.remove_listener(*addr);
-        let (tx, task) = self.stops.remove(addr)?;
-        let _ = tx.send(true);
-        Some(task)
+        let Some(a) = self.stops.remove(addr) else {
+            return Vec::new();
+        };
+        let _ = a.stop.send(true);
+        a.loops
     }
 
     /// Closes every listener and waits until no accept loop can admit anyone any more, so
     /// that counting sessions afterwards cannot miss one being admitted.
     async fn stop_all(&mut self) {
         let addrs: Vec<SocketAddr> = self.stops.keys().copied().collect();
-        let tasks: Vec<_> = addrs.iter().filter_map(|a| self.stop(a)).collect();
+        let tasks: Vec<_> = addrs.iter().flat_map(|a| self.stop(a)).collect();
         for t in tasks {
             let _ = t.await;
         }
@@ -156,6 +187,7 @@ async fn serve(
     sockets: Vec<TcpListener>,
     control_fd: OwnedFd,
     setup: WorkerSetup,
+    relays: &RelayThreads,
 ) -> i32 {
     let cfg = Arc::new(cfg);
     let (data_path, accelerator) = load_fast_path(setup.data_path);
@@ -167,6 +199,7 @@ async fn serve(
     );
     let mut listeners = Listeners {
         shared: shared.clone(),
+        relays,
         stops: HashMap::new(),
         slots: Vec::new(),
     };
@@ -257,7 +290,7 @@ fn load_fast_path(path: DataPath) -> (DataPath, Option<crate::proxy::sockmap::Ac
 /// Applies a config the monitor validated; `fds` are the listeners it adds, in config order.
 fn apply_reload(
     shared: &Arc<Shared>,
-    listeners: &mut Listeners,
+    listeners: &mut Listeners<'_>,
     label: &str,
     text: &[u8],
     fds: Vec<OwnedFd>,

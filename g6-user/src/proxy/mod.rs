@@ -121,7 +121,9 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
         return;
     };
     let rule = &rt.config.rules[ri];
-    let _ = client.set_nodelay(true);
+    if !listener.nodelay_inherited {
+        let _ = client.set_nodelay(true);
+    }
     if shared.blocklist.is_blocked(peer.ip()) {
         return refuse(&rt, ri, listener.addr, peer, CloseReason::Blocked);
     }
@@ -206,13 +208,21 @@ fn refuse_via_reserve(shared: &Shared, listener: &TcpListener, info: &ListenerIn
     true
 }
 
-/// Accepts until `stop` flips to true; then the listener is dropped (closed at once).
+/// Accepts on the calling relay thread until `stop` flips to true; then the listener is
+/// dropped (closed at once). Admitted clients are served on this thread.
 pub async fn accept_loop(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     info: Arc<ListenerInfo>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", info.addr);
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
         if *stop.borrow() {

@@ -16,6 +16,20 @@ pub struct ListenerInfo {
     pub rule_id: String,
     pub addr: SocketAddr,
     pub fd: i32,
+    /// TCP_NODELAY is set on the listening socket, so accepted sockets have it already
+    /// (Linux copies it to them), saving a setsockopt per client.
+    pub nodelay_inherited: bool,
+}
+
+impl ListenerInfo {
+    pub fn new(rule_id: &str, addr: SocketAddr, socket: &std::net::TcpListener) -> Self {
+        ListenerInfo {
+            rule_id: rule_id.to_string(),
+            addr,
+            fd: std::os::fd::AsRawFd::as_raw_fd(socket),
+            nodelay_inherited: socket2::SockRef::from(socket).set_tcp_nodelay(true).is_ok(),
+        }
+    }
 }
 
 #[derive(Debug)]

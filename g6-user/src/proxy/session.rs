@@ -1,12 +1,15 @@
 //! One proxied client (SPEC.md §5.3–§5.5): select a server with fail-over, connect, relay,
 //! log one access line. See LIFECYCLE.md for the states.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::Shared;
@@ -45,6 +48,9 @@ pub fn access_log(
     start: Instant,
     close: CloseReason,
 ) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
     let server = server.map_or_else(|| "-".to_string(), |s| s.to_string());
     tracing::info!(
         "session rule={rule_id} client={client} listen={listen} server={server} path={} \
@@ -64,12 +70,10 @@ pub fn access_log(
 /// to act on the first `ready(READABLE)`, but readiness may be spurious — tokio reports a
 /// freshly accepted socket readable at once — and a readiness that was neither an error nor
 /// a closed read side made it wait forever, so a client reset during the connect was never
-/// noticed (the session sat in CONNECTING until the connect ended). `peek` waits through
-/// spurious readiness and consumes nothing: Ok = EOF or data (fine), Err = reset.
+/// noticed. A reset sets the socket's error, which epoll reports as EPOLLERR: waiting for
+/// error readiness sees exactly that, and costs no syscall (a `peek` cost one per client).
 async fn client_reset(client: &TcpStream) {
-    if client.peek(&mut [0u8; 1]).await.is_ok() {
-        std::future::pending::<()>().await;
-    }
+    let _ = client.ready(Interest::ERROR).await;
 }
 
 enum Attempt {
@@ -141,7 +145,10 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
     rr.counters.total.fetch_add(1, Relaxed);
     let start = info.traffic.start;
 
-    let (reason, server_addr, path) = match select_and_connect(&shared, &a, &info).await {
+    // Boxed: a session's task then holds only the state of the stage it is in — connecting,
+    // or relaying on one data path — not the largest of them all (idle RSS per session).
+    let connecting = Box::pin(select_and_connect(&shared, &a, &info));
+    let (reason, server_addr, path) = match connecting.await {
         Attempt::Failed(reason) => {
             rr.counters.refused.fetch_add(1, Relaxed);
             (reason, None, None)
@@ -158,20 +165,19 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
                 rule: rr,
                 server: &chosen.server,
             };
-            let reason = match &shared.accelerator {
-                Some(acc) if path == DataPath::Sockmap => {
-                    sockmap::relay(
+            let relaying: Pin<Box<dyn Future<Output = CloseReason> + Send + '_>> =
+                match &shared.accelerator {
+                    Some(acc) if path == DataPath::Sockmap => Box::pin(sockmap::relay(
                         acc,
                         DataPath::Splice,
                         &a.client,
                         &server_stream,
                         &meters,
                         idle,
-                    )
-                    .await
-                }
-                _ => relay::relay(path, &a.client, &server_stream, &meters, idle).await,
-            };
+                    )),
+                    _ => Box::pin(relay::relay(path, &a.client, &server_stream, &meters, idle)),
+                };
+            let reason = relaying.await;
             drop(server_stream);
             (reason, Some(chosen.server.entry.addr), Some(path))
         }

@@ -487,26 +487,163 @@ fn label(r: &Results, t: &Target) -> String {
         }
 }
 
-fn table(
-    out: &mut String,
-    r: &Results,
-    head: &[&str],
-    cols: &[(&str, &str, Which)],
-    skip_direct: bool,
-) {
-    let _ = writeln!(out, "| target | {} |", head.join(" | "));
-    let _ = writeln!(out, "|---|{}", "---|".repeat(head.len()));
+/// A column of a table: its heading and the figure (test, metric key) it shows.
+type Col = (String, &'static str, String);
+
+fn col(head: &str, test: &'static str, key: &str) -> Col {
+    (head.to_string(), test, key.to_string())
+}
+
+/// One row per target (`direct` left out with `skip_direct`), one cell per column.
+fn table(out: &mut String, r: &Results, cols: &[Col], which: Which, skip_direct: bool) {
+    let heads: Vec<&str> = cols.iter().map(|(h, _, _)| h.as_str()).collect();
+    let _ = writeln!(out, "| target | {} |", heads.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
     for t in &r.targets {
         if skip_direct && t.kind == Kind::Direct {
             continue;
         }
         let cells: Vec<String> = cols
             .iter()
-            .map(|(test, key, which)| cell(r, &t.name, test, key, *which))
+            .map(|(_, test, key)| cell(r, &t.name, test, key, which))
             .collect();
         let _ = writeln!(out, "| {} | {} |", label(r, t), cells.join(" | "));
     }
     out.push('\n');
+}
+
+/// The CPU-per-unit-of-work columns for one accounting (`attr`, `proxy` or `machine`), each
+/// heading prefixed with `prefix`.
+fn cpu_cols(variant: &str, prefix: &str) -> Vec<Col> {
+    [
+        ("CPU s / 10k conn", "conn", "s_per_10k"),
+        ("CPU µs / keep-alive req", "keepalive", "us_per_req"),
+        ("CPU s / GB (100 KiB resp)", "file", "s_per_gb"),
+        ("CPU s / GB bulk ×1", "bulk1", "s_per_gb"),
+        ("CPU s / GB bulk ×8", "bulk8", "s_per_gb"),
+    ]
+    .into_iter()
+    .map(|(head, test, unit)| {
+        col(
+            &format!("{prefix}{head}"),
+            test,
+            &format!("cpu_{variant}_{unit}"),
+        )
+    })
+    .collect()
+}
+
+/// A table of results.md.
+struct Table {
+    heading: Option<&'static str>,
+    /// Text before the table.
+    intro: &'static str,
+    cols: Vec<Col>,
+    /// What the cells show.
+    which: Which,
+    /// `direct` gets no row (its ratios are 1, its memory is nobody's).
+    skip_direct: bool,
+}
+
+/// The tables of results.md, in order.
+fn tables() -> Vec<Table> {
+    let values = |cols: &[(&str, &'static str, &str)]| -> Vec<Col> {
+        cols.iter().map(|(h, t, k)| col(h, t, k)).collect()
+    };
+    vec![
+        Table {
+            heading: Some("Throughput and latency"),
+            intro: "",
+            cols: values(&[
+                ("new conn/s", "conn", "rate"),
+                ("keep-alive req/s", "keepalive", "rate"),
+                ("keep-alive p50 µs", "keepalive", "p50_us"),
+                ("keep-alive p99 µs", "keepalive", "p99_us"),
+                ("100 KiB resp/s", "file", "rate"),
+                ("bulk ×1 Gbit/s", "bulk1", "gbit_s"),
+                ("bulk ×8 Gbit/s", "bulk8", "gbit_s"),
+            ]),
+            which: Which::Value,
+            skip_direct: false,
+        },
+        Table {
+            heading: Some("CPU per unit of work"),
+            intro: "CPU time (user + system, so also the softirq network work done in their context) \
+             of every process taking part — load generator, backends, proxy (all its processes \
+             and threads) — plus every kernel thread (kworker, ksoftirqd…), over the load, \
+             divided by the connections, requests or GB received. The load generator and \
+             backends do the same work for every target, so differences come from the proxy.",
+            cols: cpu_cols("attr", ""),
+            which: Which::Value,
+            skip_direct: false,
+        },
+        Table {
+            heading: None,
+            intro: "The proxy's share: its own processes plus kernel threads (for `direct`: kernel \
+             threads only):",
+            cols: cpu_cols("proxy", "proxy "),
+            which: Which::Value,
+            skip_direct: false,
+        },
+        Table {
+            heading: None,
+            intro: "Whole machine: busy jiffies of /proc/stat (user + nice + system + irq + softirq) \
+             over the load per unit of work. On this shared machine other jobs keep both vCPUs \
+             busy (see the share above), so this figure is close to (2 CPUs × duration) / work, \
+             i.e. the inverse of throughput, rather than a cost; it is shown for completeness.",
+            cols: cpu_cols("machine", "machine "),
+            which: Which::Value,
+            skip_direct: false,
+        },
+        Table {
+            heading: Some("Memory"),
+            intro: "",
+            cols: values(&[
+                ("RSS after start MB", "start", "rss_mb"),
+                ("PSS after start MB", "start", "pss_mb"),
+                ("RSS growth B / idle conn", "idle", "rss_b_per_conn"),
+                ("PSS growth B / idle conn", "idle", "pss_b_per_conn"),
+            ]),
+            which: Which::Value,
+            skip_direct: true,
+        },
+        Table {
+            heading: Some("Ratios to the best peer"),
+            intro: "Best of HAProxy, HAProxy splice-auto and nginx in the same round. Above 1 is better \
+             for rates, below 1 is better for CPU (as above: processes taking part + kernel \
+             threads), latency and memory.",
+            cols: values(&[
+                ("new conn/s", "conn", "rate"),
+                ("CPU / 10k conn", "conn", "cpu_attr_s_per_10k"),
+                ("keep-alive req/s", "keepalive", "rate"),
+                ("CPU / req", "keepalive", "cpu_attr_us_per_req"),
+                ("p99", "keepalive", "p99_us"),
+                ("bulk ×1 Gbit/s", "bulk1", "gbit_s"),
+                ("bulk ×8 Gbit/s", "bulk8", "gbit_s"),
+                ("CPU / GB bulk ×1", "bulk1", "cpu_attr_s_per_gb"),
+                ("CPU / GB bulk ×8", "bulk8", "cpu_attr_s_per_gb"),
+                ("RSS / idle conn", "idle", "rss_b_per_conn"),
+                ("RSS after start", "start", "rss_mb"),
+            ]),
+            which: Which::Peer,
+            skip_direct: true,
+        },
+        Table {
+            heading: Some("Ratios to the direct connection (the physical limit)"),
+            intro: "",
+            cols: values(&[
+                ("new conn/s", "conn", "rate"),
+                ("keep-alive req/s", "keepalive", "rate"),
+                ("keep-alive p99", "keepalive", "p99_us"),
+                ("100 KiB resp/s", "file", "rate"),
+                ("bulk ×1 Gbit/s", "bulk1", "gbit_s"),
+                ("bulk ×8 Gbit/s", "bulk8", "gbit_s"),
+                ("CPU / GB bulk ×8", "bulk8", "cpu_attr_s_per_gb"),
+            ]),
+            which: Which::Direct,
+            skip_direct: true,
+        },
+    ]
 }
 
 /// G6's goals: a figure, and a threshold on its ratio to the best peer or on its value.
@@ -748,195 +885,15 @@ pub fn markdown(r: &Results) -> String {
         version(m, "iperf3"),
     );
 
-    let _ = writeln!(o, "## Throughput and latency\n");
-    table(
-        &mut o,
-        r,
-        &[
-            "new conn/s",
-            "keep-alive req/s",
-            "keep-alive p50 µs",
-            "keep-alive p99 µs",
-            "100 KiB resp/s",
-            "bulk ×1 Gbit/s",
-            "bulk ×8 Gbit/s",
-        ],
-        &[
-            ("conn", "rate", Which::Value),
-            ("keepalive", "rate", Which::Value),
-            ("keepalive", "p50_us", Which::Value),
-            ("keepalive", "p99_us", Which::Value),
-            ("file", "rate", Which::Value),
-            ("bulk1", "gbit_s", Which::Value),
-            ("bulk8", "gbit_s", Which::Value),
-        ],
-        false,
-    );
-
-    let _ = writeln!(o, "## CPU per unit of work\n");
-    let _ = writeln!(
-        o,
-        "CPU time (user + system, so also the softirq network work done in their context) of \
-         every process taking part — load generator, backends, proxy (all its processes and \
-         threads) — plus every kernel thread (kworker, ksoftirqd…), over the load, divided by \
-         the connections, requests or GB received. The load generator and backends do the same \
-         work for every target, so differences come from the proxy.\n"
-    );
-    table(
-        &mut o,
-        r,
-        &[
-            "CPU s / 10k conn",
-            "CPU µs / keep-alive req",
-            "CPU s / GB (100 KiB resp)",
-            "CPU s / GB bulk ×1",
-            "CPU s / GB bulk ×8",
-        ],
-        &[
-            ("conn", "cpu_attr_s_per_10k", Which::Value),
-            ("keepalive", "cpu_attr_us_per_req", Which::Value),
-            ("file", "cpu_attr_s_per_gb", Which::Value),
-            ("bulk1", "cpu_attr_s_per_gb", Which::Value),
-            ("bulk8", "cpu_attr_s_per_gb", Which::Value),
-        ],
-        false,
-    );
-    let _ = writeln!(
-        o,
-        "The proxy's share: its own processes plus kernel threads (for `direct`: kernel threads \
-         only):\n"
-    );
-    table(
-        &mut o,
-        r,
-        &[
-            "proxy CPU s / 10k conn",
-            "proxy CPU µs / keep-alive req",
-            "proxy CPU s / GB (100 KiB)",
-            "proxy CPU s / GB bulk ×1",
-            "proxy CPU s / GB bulk ×8",
-        ],
-        &[
-            ("conn", "cpu_proxy_s_per_10k", Which::Value),
-            ("keepalive", "cpu_proxy_us_per_req", Which::Value),
-            ("file", "cpu_proxy_s_per_gb", Which::Value),
-            ("bulk1", "cpu_proxy_s_per_gb", Which::Value),
-            ("bulk8", "cpu_proxy_s_per_gb", Which::Value),
-        ],
-        false,
-    );
-    let _ = writeln!(
-        o,
-        "Whole machine: busy jiffies of /proc/stat (user + nice + system + irq + softirq) over \
-         the load per unit of work. On this shared machine other jobs keep both vCPUs busy \
-         ({bg_text} of the busy time was theirs), so this figure is close to \
-         (2 CPUs × duration) / work, i.e. the inverse of throughput, rather than a cost; it is \
-         shown for completeness.\n"
-    );
-    table(
-        &mut o,
-        r,
-        &[
-            "machine CPU s / 10k conn",
-            "machine CPU µs / keep-alive req",
-            "machine CPU s / GB (100 KiB)",
-            "machine CPU s / GB bulk ×1",
-            "machine CPU s / GB bulk ×8",
-        ],
-        &[
-            ("conn", "cpu_machine_s_per_10k", Which::Value),
-            ("keepalive", "cpu_machine_us_per_req", Which::Value),
-            ("file", "cpu_machine_s_per_gb", Which::Value),
-            ("bulk1", "cpu_machine_s_per_gb", Which::Value),
-            ("bulk8", "cpu_machine_s_per_gb", Which::Value),
-        ],
-        false,
-    );
-
-    let _ = writeln!(o, "## Memory\n");
-    table(
-        &mut o,
-        r,
-        &[
-            "RSS after start MB",
-            "PSS after start MB",
-            "RSS growth B / idle conn",
-            "PSS growth B / idle conn",
-        ],
-        &[
-            ("start", "rss_mb", Which::Value),
-            ("start", "pss_mb", Which::Value),
-            ("idle", "rss_b_per_conn", Which::Value),
-            ("idle", "pss_b_per_conn", Which::Value),
-        ],
-        true,
-    );
-
-    let _ = writeln!(
-        o,
-        "## Ratios to the best peer\n\n\
-         Best of HAProxy, HAProxy splice-auto and nginx in the same round. Above 1 is better for \
-         rates, below 1 is better for CPU (as above: processes taking part + kernel threads), \
-         latency and memory.\n"
-    );
-    table(
-        &mut o,
-        r,
-        &[
-            "new conn/s",
-            "CPU / 10k conn",
-            "keep-alive req/s",
-            "CPU / req",
-            "p99",
-            "bulk ×1 Gbit/s",
-            "bulk ×8 Gbit/s",
-            "CPU / GB bulk ×1",
-            "CPU / GB bulk ×8",
-            "RSS / idle conn",
-            "RSS after start",
-        ],
-        &[
-            ("conn", "rate", Which::Peer),
-            ("conn", "cpu_attr_s_per_10k", Which::Peer),
-            ("keepalive", "rate", Which::Peer),
-            ("keepalive", "cpu_attr_us_per_req", Which::Peer),
-            ("keepalive", "p99_us", Which::Peer),
-            ("bulk1", "gbit_s", Which::Peer),
-            ("bulk8", "gbit_s", Which::Peer),
-            ("bulk1", "cpu_attr_s_per_gb", Which::Peer),
-            ("bulk8", "cpu_attr_s_per_gb", Which::Peer),
-            ("idle", "rss_b_per_conn", Which::Peer),
-            ("start", "rss_mb", Which::Peer),
-        ],
-        true,
-    );
-    let _ = writeln!(
-        o,
-        "## Ratios to the direct connection (the physical limit)\n"
-    );
-    table(
-        &mut o,
-        r,
-        &[
-            "new conn/s",
-            "keep-alive req/s",
-            "keep-alive p99",
-            "100 KiB resp/s",
-            "bulk ×1 Gbit/s",
-            "bulk ×8 Gbit/s",
-            "CPU / GB bulk ×8",
-        ],
-        &[
-            ("conn", "rate", Which::Direct),
-            ("keepalive", "rate", Which::Direct),
-            ("keepalive", "p99_us", Which::Direct),
-            ("file", "rate", Which::Direct),
-            ("bulk1", "gbit_s", Which::Direct),
-            ("bulk8", "gbit_s", Which::Direct),
-            ("bulk8", "cpu_attr_s_per_gb", Which::Direct),
-        ],
-        true,
-    );
+    for t in tables() {
+        if let Some(h) = t.heading {
+            let _ = writeln!(o, "## {h}\n");
+        }
+        if !t.intro.is_empty() {
+            let _ = writeln!(o, "{}\n", t.intro);
+        }
+        table(&mut o, r, &t.cols, t.which, t.skip_direct);
+    }
 
     let g6: Vec<&Target> = r.targets.iter().filter(|t| t.kind.is_g6()).collect();
     if !g6.is_empty() {
