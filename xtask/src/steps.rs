@@ -101,17 +101,18 @@ pub fn build_ebpf(ctx: &Ctx) -> Result<()> {
 const NO_EBPF_BIN: &str = "G6_NO_EBPF_BIN";
 
 /// Builds only the g6 binary with `G6_EBPF_SKIP=1` into its own target dir (so the main
-/// build is not invalidated); returns its path.
+/// build is not invalidated); returns its path. The dev profile: from cold it compiles
+/// about a third faster than release, and the test that uses it moves only a few MiB.
 fn build_no_ebpf(ctx: &Ctx) -> Result<PathBuf> {
     let dir = ctx.root.join("target/no-ebpf");
     step(
-        "cargo build --release --bin g6 (G6_EBPF_SKIP=1, target/no-ebpf)",
+        "cargo build --bin g6 (G6_EBPF_SKIP=1, target/no-ebpf)",
         || {
-            let mut c = ctx.cargo(["build", "--release", "-p", "g6-user", "--bin", "g6"]);
+            let mut c = ctx.cargo(["build", "-p", "g6-user", "--bin", "g6"]);
             sh(c.env("G6_EBPF_SKIP", "1").env("CARGO_TARGET_DIR", &dir))
         },
     )?;
-    Ok(dir.join("release/g6"))
+    Ok(dir.join("debug/g6"))
 }
 
 pub fn build(ctx: &Ctx) -> Result<()> {
