@@ -106,7 +106,7 @@ const TRIM_STEP: u32 = 0xfff;
 /// When TCP queues a segment that partly overlaps bytes it already has (a spurious
 /// retransmission coalesced with new data in the socket backlog while the socket was owned
 /// by a reader), its stale prefix reaches the verdict a second time. Measured under load:
-/// exactly one 65483-byte segment delivered twice in ~1 of 40 back-pressured 128 MiB
+/// one 65483-byte segment delivered twice in about 3 of 60 back-pressured 128 MiB
 /// sessions, with the socket's `tcpi_bytes_received` exact and the verdict's counters one
 /// segment over. For skbs from `tcp_read_skb`, `cb[0..2]` (read-only for sk_skb) is
 /// `TCP_SKB_CB(skb)->{seq, end_seq}`.
