@@ -2,7 +2,9 @@
 //! aya-template way, but tolerant: if the eBPF toolchain (pinned nightly + rust-src,
 //! bpf-linker) is missing or the build fails, it warns and writes an EMPTY object, and the agent
 //! runs on its userspace data paths. `G6_EBPF_STRICT=1` (CI, releases) makes that a hard error.
-//! See shared/design/ebpf-fastpath.md §1.
+//! `G6_EBPF_SKIP=1` builds that fallback agent on purpose (the CI tests it; it wins over
+//! STRICT). The reason for an empty object is compiled in (`G6_EBPF_MISSING`), so the agent
+//! can say why it has no fast path. See shared/design/ebpf-fastpath.md §1.
 
 use std::{
     env, fs,
@@ -14,6 +16,7 @@ use std::{
 /// Must match bpf-linker's LLVM major (22); `cargo xtask setup` installs both together.
 const TOOLCHAIN: &str = "nightly-2026-05-20";
 const STRICT: &str = "G6_EBPF_STRICT";
+const SKIP: &str = "G6_EBPF_SKIP";
 
 /// `YYYY-MM-DD` (UTC) of `SOURCE_DATE_EPOCH` (reproducible builds) or of now, for `g6 -v`.
 fn build_date() -> String {
@@ -59,9 +62,22 @@ fn main() {
     if let Some(d) = &ebpf_dir {
         watch_toolchain(d);
     }
-    let Err(reason) = build(ebpf_dir.as_deref(), &object) else {
+    println!("cargo:rerun-if-env-changed={SKIP}");
+    let result = if env::var(SKIP).is_ok_and(|v| v == "1") {
+        Err(format!("built with {SKIP}=1"))
+    } else {
+        build(ebpf_dir.as_deref(), &object)
+    };
+    let Err(reason) = result else {
+        println!("cargo:rustc-env=G6_EBPF_MISSING=");
         return;
     };
+    println!("cargo:rustc-env=G6_EBPF_MISSING={reason}");
+    if reason.contains(SKIP) {
+        println!("cargo:warning=g6: eBPF object NOT built ({reason}): a user-space-only agent");
+        write_empty(&object);
+        return;
+    }
     // Only a degraded build depends on the switch: with the object built, strict or not gives
     // the same result, and re-running would rebuild the agent each time CI and a developer
     // alternate.
@@ -73,7 +89,11 @@ fn main() {
     println!(
         "cargo:warning=g6: eBPF object NOT built ({reason}); the agent will use the userspace data paths"
     );
-    if let Err(e) = fs::write(&object, b"") {
+    write_empty(&object);
+}
+
+fn write_empty(object: &Path) {
+    if let Err(e) = fs::write(object, b"") {
         eprintln!("g6 build.rs: cannot write {}: {e}", object.display());
         std::process::exit(1);
     }

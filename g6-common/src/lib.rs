@@ -52,10 +52,23 @@ pub struct ConnState {
     pub rt_last_ns: u64,
     pub rt_samples: u64,
     pub rt_sum_ns: u64,
+    /// TCP sequence number just past the last byte the verdict handed on, with
+    /// [`SEQ_KNOWN`] set once known. The kernel's `tcp_read_skb` hands the verdict whole
+    /// skbs; a segment that overlaps bytes already received (a spurious retransmission
+    /// coalesced with new data) arrives whole, so its stale prefix is trimmed against this.
+    pub next_seq: u64,
+    /// Bytes of such stale prefixes trimmed (already delivered once; not counted again).
+    pub dup_bytes: u64,
+    /// Stale prefixes the kernel refused to trim: those skbs were dropped and the session
+    /// must be reset (it can no longer be delivered exactly).
+    pub trim_fail: u64,
 }
 
+/// Flag in [`ConnState::next_seq`]: the low 32 bits hold a valid sequence number.
+pub const SEQ_KNOWN: u64 = 1 << 32;
+
 // Only u64 fields: no implicit padding; the kernel and the agent must agree on this size.
-const _: () = assert!(core::mem::size_of::<ConnState>() == 13 * 8);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8);
 const _: () = assert!(core::mem::align_of::<ConnState>() == 8);
 
 impl ConnState {
@@ -75,6 +88,9 @@ impl ConnState {
             rt_last_ns: 0,
             rt_samples: 0,
             rt_sum_ns: 0,
+            next_seq: 0,
+            dup_bytes: 0,
+            trim_fail: 0,
         }
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{HashMap, SockHash},
     programs::SkBuffContext,
 };
-use g6_common::{ConnState, MAX_SOCKETS};
+use g6_common::{ConnState, MAX_SOCKETS, SEQ_KNOWN};
 
 /// The XDP guard (its own maps and program).
 mod xdp;
@@ -57,8 +57,8 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     // socket runs under that socket's lock, so this program is its only concurrent writer.
     let st = unsafe { &mut *st };
     st.skbs += 1;
-    let len = u64::from(ctx.len());
-    if len == 0 {
+    let raw_len = ctx.len();
+    if raw_len == 0 {
         // The FIN's zero-length skb. Any queueing of it on a psock breaks that socket: the
         // backlog worker treats a 0-byte send/ingress as a hard error, sets EPIPE and stops
         // transmitting. Redirected, it kills the peer (sharp edge 2); passed while this
@@ -68,6 +68,10 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         // (EPOLLRDHUP, recv() == 0).
         return SK_DROP;
     }
+    let len = match trim_stale_prefix(ctx, st, raw_len) {
+        Some(len) => u64::from(len),
+        None => return SK_DROP,
+    };
     // SAFETY: no side effects.
     let now = unsafe { bpf_ktime_get_ns() };
     track_turn(st, now);
@@ -90,6 +94,76 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     st.peer = 0;
     st.passed_bytes += len;
     SK_PASS
+}
+
+/// Most 4095-byte steps `sk_skb_adjust_room` may take to cut a stale prefix (256 KiB).
+const TRIM_STEPS: u32 = 64;
+/// The most `sk_skb_adjust_room` removes from the front in one call.
+const TRIM_STEP: u32 = 0xfff;
+
+/// Cuts off the bytes of this skb that the verdict already handed on; returns the length
+/// left, or `None` if nothing is left (or the cut failed: then `trim_fail` is counted and
+/// the agent resets the session rather than deliver a byte twice).
+///
+/// Why: the kernel's `tcp_read_skb` hands the verdict whole skbs and ignores `copied_seq`.
+/// When TCP queues a segment that partly overlaps bytes it already has (a spurious
+/// retransmission coalesced with new data in the socket backlog while the socket was owned
+/// by a reader), its stale prefix reaches the verdict a second time. Measured under load:
+/// one 65483-byte segment delivered twice in about 3 of 60 back-pressured 128 MiB
+/// sessions, with the socket's `tcpi_bytes_received` exact and the verdict's counters one
+/// segment over. For skbs from `tcp_read_skb`, `cb[0..2]` (read-only for sk_skb) is
+/// `TCP_SKB_CB(skb)->{seq, end_seq}`.
+#[inline(always)]
+fn trim_stale_prefix(ctx: &SkBuffContext, st: &mut ConnState, len: u32) -> Option<u32> {
+    let cb = ctx.cb();
+    let (seq, end) = (cb[0], cb[1]);
+    // end_seq - seq = len, +1 with a FIN: anything else is not a TCP skb we understand.
+    let span = end.wrapping_sub(seq);
+    if span != len && span != len.wrapping_add(1) {
+        return Some(len);
+    }
+    let next = seq.wrapping_add(len);
+    if st.next_seq & SEQ_KNOWN == 0 {
+        st.next_seq = SEQ_KNOWN | u64::from(next);
+        return Some(len);
+    }
+    let known = st.next_seq as u32;
+    let stale = known.wrapping_sub(seq) as i32;
+    if stale <= 0 {
+        st.next_seq = SEQ_KNOWN | u64::from(next);
+        return Some(len);
+    }
+    let stale = (stale as u32).min(len);
+    if !cut_front(ctx, stale) {
+        st.trim_fail += 1;
+        return None;
+    }
+    st.dup_bytes += u64::from(stale);
+    if stale == len {
+        return None;
+    }
+    st.next_seq = SEQ_KNOWN | u64::from(next);
+    Some(len - stale)
+}
+
+/// Removes `n` bytes from the front of the skb's data (linearised once, then pulled).
+#[inline(always)]
+fn cut_front(ctx: &SkBuffContext, n: u32) -> bool {
+    if n > TRIM_STEPS * TRIM_STEP || ctx.pull_data(n).is_err() {
+        return false;
+    }
+    let mut left = n;
+    for _ in 0..TRIM_STEPS {
+        if left == 0 {
+            break;
+        }
+        let step = if left < TRIM_STEP { left } else { TRIM_STEP };
+        if ctx.adjust_room(-(step as i32), 0, 0).is_err() {
+            return false;
+        }
+        left -= step;
+    }
+    left == 0
 }
 
 #[inline(always)]

@@ -109,10 +109,11 @@ fn default_threads() -> usize {
 }
 
 /// Chooses the data path: the requested one if its self-test passes, else the next in the
-/// order sockmap → splice → copy (SPEC.md §5.6). `auto` starts at splice: the sockmap path
-/// has a known rare data duplication when a pair leaves the kernel under back-pressure, and
-/// no measured speed advantage here (README "Data paths"; SPEC allows the order to change on
-/// recorded evidence). Ask for `sockmap` explicitly to use it.
+/// order sockmap → splice → copy (SPEC.md §5.6). `auto` starts at splice: measured side by
+/// side (`cargo xtask bench`, README "Data paths"), sockmap was slower than splice on
+/// connections/s, keep-alive requests/s and latency, 1-stream bulk throughput and CPU per
+/// unit of work on this kernel (SPEC allows the order to change on recorded evidence). Ask
+/// for `sockmap` explicitly to use it.
 fn choose_data_path(choice: DataPathChoice) -> DataPath {
     let order: &[DataPath] = match choice {
         DataPathChoice::Sockmap => &[DataPath::Sockmap, DataPath::Splice, DataPath::Copy],

@@ -1,6 +1,7 @@
 //! The `sockmap` data path end to end with the real binary: the bytes cross the agent without
 //! the agent reading or writing them, the counters still say exactly what crossed, and an
-//! agent without the privileges for eBPF falls back to user space and says why.
+//! agent without the privileges for eBPF, or built without the eBPF object, falls back to
+//! user space and says why.
 
 mod support;
 
@@ -135,5 +136,54 @@ fn unprivileged_agent_falls_back_to_user_space_and_says_why() {
     upload_checked(l.addr(), &[&sink], N);
     g6.expect_log("access line", WAIT_TIMEOUT, |t| {
         t.contains(&format!("path=splice bytes_in={N} "))
+    });
+}
+
+/// The agent built without the eBPF object, from `G6_NO_EBPF_BIN`: `cargo xtask test` builds
+/// it (`G6_EBPF_SKIP=1`, its own target dir) and always sets the variable. Unset under
+/// `G6_EBPF_STRICT=1` is a failure; otherwise a printed skip.
+fn no_ebpf_bin() -> Option<std::path::PathBuf> {
+    const VAR: &str = "G6_NO_EBPF_BIN";
+    let Some(bin) = std::env::var_os(VAR) else {
+        assert!(
+            std::env::var("G6_EBPF_STRICT").as_deref() != Ok("1"),
+            "G6_EBPF_STRICT=1 but {VAR} is not set (`cargo xtask test` builds that agent)"
+        );
+        eprintln!("skipped: {VAR} not set; `cargo xtask test` builds the agent without eBPF");
+        return None;
+    };
+    let bin = std::path::PathBuf::from(bin);
+    assert!(bin.is_file(), "{VAR}={} does not exist", bin.display());
+    Some(bin)
+}
+
+#[test]
+fn agent_built_without_the_ebpf_object_serves_in_user_space_and_says_why() {
+    let Some(bin) = no_ebpf_bin() else { return };
+    const N: u64 = 8 << 20;
+    let sink = Backend::sink();
+    let generator = Backend::generator(N);
+    let (up, down) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
+    let dir = G6Proc::conf_dir(&format!(
+        "up RR *:* - {up} > {} ;\ndown RR *:* - {down} > {} ;\n",
+        sink.addr(),
+        generator.addr()
+    ));
+    let args = G6Proc::standard_args(dir.path(), &["--data-path", "sockmap"]);
+    let g6 = G6Proc::launch(&bin, &args, dir, &[&up, &down], true);
+    g6.expect_log("fallback reason", WAIT_TIMEOUT, |t| {
+        t.contains("data path sockmap unavailable")
+            && t.contains("agent was built without the eBPF object (built with G6_EBPF_SKIP=1)")
+    });
+    g6.expect_log("path in use", WAIT_TIMEOUT, |t| {
+        t.contains("data path splice")
+    });
+    upload_checked(up.addr(), &[&sink], N);
+    download_checked(down.addr(), &[&generator]);
+    g6.expect_log("upload access line", WAIT_TIMEOUT, |t| {
+        t.contains("rule=up ") && t.contains(&format!("path=splice bytes_in={N} "))
+    });
+    g6.expect_log("download access line", WAIT_TIMEOUT, |t| {
+        t.contains("rule=down ") && t.contains(&format!("bytes_out={N} "))
     });
 }

@@ -5,7 +5,8 @@ use std::{error::Error, fmt::Write as _, io, os::fd::RawFd, time::Duration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
-    #[error("agent was built without the eBPF object")]
+    /// The build's reason comes from build.rs (`G6_EBPF_SKIP=1`, toolchain missing, ...).
+    #[error("agent was built without the eBPF object ({})", env!("G6_EBPF_MISSING"))]
     NoObject,
     #[error("loading the eBPF object: {}", chain(.0))]
     Load(aya::EbpfError),

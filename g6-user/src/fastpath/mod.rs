@@ -15,6 +15,11 @@
 //!    final only once the agent has read `state(src).passed_bytes` bytes from it (passed skbs
 //!    can still be on their way into the socket when the FIN is seen).
 //! 5. [`FastPath::remove_pair`] only after both directions ended and drained, or on abort.
+//! 6. The kernel's `tcp_read_skb` hands the verdict whole skbs, so a segment overlapping
+//!    bytes already received (a spurious retransmission coalesced with new data) would be
+//!    delivered twice; the verdict cuts the stale prefix by TCP sequence number
+//!    (`ConnState::next_seq`, `dup_bytes`). If the kernel refuses the cut, the skb is dropped
+//!    and `trim_fail` counts it: the session must be reset.
 //!
 //! Start-up calls [`probe`]; any error means "sockmap unavailable, reason ...".
 

@@ -10,6 +10,8 @@
 //!   session in user space with nothing lost or reordered.
 //! * A timer refreshes byte counters, idle time and RT samples from the map: fast while
 //!   bytes move or a FIN waits, backing off while the pair is quiet.
+//! * The verdict cuts retransmitted overlaps (fastpath rule 6); if the kernel refused a cut
+//!   (`trim_fail`), a segment is missing and the session is reset, in either phase.
 //!
 //! Map entries are deleted only when the session ends (both directions done, or abort).
 
@@ -136,6 +138,8 @@ struct Driver<'a> {
     up: Direction,
     down: Direction,
     rt_samples_seen: u64,
+    /// The verdict had to drop a skb (see [`damaged`]); set by `refresh`.
+    damaged: bool,
 }
 
 enum Exit {
@@ -151,6 +155,7 @@ impl Driver<'_> {
     fn refresh(&mut self) -> bool {
         let mut moved = false;
         if let Some(st) = self.acc.fp.state(self.keys.a) {
+            self.damaged |= st.trim_fail > 0;
             let delta = st.redirected_bytes.saturating_sub(self.up.reported);
             if delta > 0 {
                 self.up.reported = st.redirected_bytes;
@@ -159,6 +164,7 @@ impl Driver<'_> {
             }
         }
         if let Some(st) = self.acc.fp.state(self.keys.b) {
+            self.damaged |= st.trim_fail > 0;
             let delta = st.redirected_bytes.saturating_sub(self.down.reported);
             if delta > 0 {
                 self.down.reported = st.redirected_bytes;
@@ -292,6 +298,9 @@ impl Driver<'_> {
                 return exit;
             }
             let moved = self.refresh();
+            if self.damaged {
+                return Exit::Closed(abort_damaged(self.client, self.server));
+            }
             if moved {
                 self.extend_budgets();
             }
@@ -407,6 +416,7 @@ pub async fn relay(
         up: Direction::default(),
         down: Direction::default(),
         rt_samples_seen: 0,
+        damaged: false,
     };
     match driver.watch(idle).await {
         Exit::Closed(reason) => reason,
@@ -429,7 +439,38 @@ pub async fn relay(
                 };
                 fp.state(cookie).is_none_or(|st| read >= st.passed_bytes)
             };
-            relay::relay_gated(DataPath::Copy, client, server, meters, idle, Some(&gate)).await
+            let relay =
+                relay::relay_gated(DataPath::Copy, client, server, meters, idle, Some(&gate));
+            tokio::pin!(relay);
+            loop {
+                tokio::select! {
+                    reason = &mut relay => return reason,
+                    _ = tokio::time::sleep(TICK_QUIET) => {
+                        if damaged(fp, keys) {
+                            return abort_damaged(client, server);
+                        }
+                    }
+                }
+            }
         }
     }
+}
+
+/// True if the verdict failed to cut a stale prefix for either socket and dropped that skb
+/// (`ConnState::trim_fail`): the stream can no longer be delivered exactly.
+fn damaged(fp: &FastPath, keys: PairKeys) -> bool {
+    [keys.a, keys.b]
+        .into_iter()
+        .any(|c| fp.state(c).is_some_and(|st| st.trim_fail > 0))
+}
+
+/// Resets both sockets of a damaged pair: an abort, never a silently wrong stream.
+fn abort_damaged(client: &TcpStream, server: &TcpStream) -> CloseReason {
+    tracing::error!(
+        "sockmap: the kernel refused to cut a retransmitted overlap; a segment was dropped, \
+         session reset"
+    );
+    relay::reset(client);
+    relay::reset(server);
+    CloseReason::Error
 }
