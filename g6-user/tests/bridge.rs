@@ -18,7 +18,7 @@ mod support;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::netns::{NetNs, veth};
+use support::netns::{NetNs, Veth};
 use support::*;
 
 const ALLOWED: &str = "198.18.0.10";
@@ -31,6 +31,9 @@ const NO_ROUTE_WAIT: Duration = Duration::from_millis(1500);
 
 /// The three namespaces, wired and addressed; dropped (deleted) when the test ends.
 struct Segments {
+    // Veths first: they are deleted before their namespaces.
+    _nic_a: Veth,
+    _nic_b: Veth,
     a: NetNs,
     bridge: NetNs,
     b: NetNs,
@@ -38,20 +41,23 @@ struct Segments {
 
 impl Segments {
     fn new() -> Segments {
-        let s = Segments {
-            a: NetNs::new("segA"),
-            bridge: NetNs::new("brg"),
-            b: NetNs::new("segB"),
-        };
-        veth(&s.a, "ethA", &s.bridge, "nicA");
-        veth(&s.bridge, "nicB", &s.b, "ethB");
-        s.a.addr("ethA", &format!("{ALLOWED}/24"));
-        s.a.addr("ethA", &format!("{NOT_ALLOWED}/24"));
-        s.bridge.addr("nicA", &format!("{BRIDGE_A}/24"));
-        s.bridge.addr("nicB", &format!("{BRIDGE_B}/24"));
+        let (a, bridge, b) = (NetNs::new("segA"), NetNs::new("brg"), NetNs::new("segB"));
+        let nic_a = Veth::new(&a, &bridge);
+        let nic_b = Veth::new(&bridge, &b);
+        a.addr(&nic_a.a_dev, &format!("{ALLOWED}/24"));
+        a.addr(&nic_a.a_dev, &format!("{NOT_ALLOWED}/24"));
+        bridge.addr(&nic_a.b_dev, &format!("{BRIDGE_A}/24"));
+        bridge.addr(&nic_b.a_dev, &format!("{BRIDGE_B}/24"));
         for server in SERVERS {
-            s.b.addr("ethB", &format!("{server}/24"));
+            b.addr(&nic_b.b_dev, &format!("{server}/24"));
         }
+        let s = Segments {
+            _nic_a: nic_a,
+            _nic_b: nic_b,
+            a,
+            bridge,
+            b,
+        };
         // Each segment knows the other is behind the bridge host, as on a real network.
         s.a.route("198.18.1.0/24", BRIDGE_A);
         s.b.route("198.18.0.0/24", BRIDGE_B);

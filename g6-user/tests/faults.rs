@@ -11,11 +11,9 @@
 mod robust;
 mod support;
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -23,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use robust::netns::{NetNs, Veth};
 use robust::{Agent, Pusher, field};
 use socket2::{Domain, Socket, Type};
 use support::data::{DataGen, fresh_seed};
+use support::netns::{NetNs, Veth};
 use support::*;
 
 const MIB: u64 = 1 << 20;
@@ -382,23 +380,15 @@ fn all_servers_down_then_back() {
 // ------------------------------------------------------------------------------------------
 // Network namespaces: a client that vanishes, local ports that run out.
 
-/// Starts g6 inside `ns` (`ip netns exec`) with `listeners` (sockets keep the namespace
-/// they were made in, so listeners made outside stay reachable from outside).
-fn start_in(ns: &NetNs, conf: &str, listeners: &[&PreBound], extra: &[&str]) -> G6Proc {
-    let dir = G6Proc::conf_dir(conf);
-    let mut args: Vec<OsString> = vec!["netns".into(), "exec".into(), ns.name.clone().into()];
-    args.push(support::g6proc::G6_BIN.into());
-    args.extend(G6Proc::standard_args(dir.path(), extra));
-    G6Proc::launch(Path::new("ip"), &args, dir, listeners, true)
-}
-
 /// A client whose packets stop without FIN or RST (its link is deleted) mid-session: the
 /// idle timeout reaps the session (`close=idle_timeout`, the server gets a FIN) and the
 /// agent's descriptors, sessions and counters return to their baseline.
 #[test]
 fn vanished_client_is_reaped_by_the_idle_timeout() {
     let (gns, cns) = (NetNs::new("g6g"), NetNs::new("g6c"));
-    let mut veth = Veth::new(&gns, "198.18.0.1", &cns, "198.18.0.2");
+    let mut veth = Veth::new(&gns, &cns);
+    gns.addr(&veth.a_dev, "198.18.0.1/24");
+    cns.addr(&veth.b_dev, "198.18.0.2/24");
     // The agent, its admin port and the server live in `gns`; the listen address is on the
     // veth there. Its port: any free one of `gns`, a namespace only this test uses.
     let (admin, echo, port) = gns.enter(|| {
@@ -411,7 +401,7 @@ fn vanished_client_is_reaped_by_the_idle_timeout() {
         "admin G 127.0.0.1:* - {admin} ;\nr RR *:* - {listen} ( timeout = 1 ) > {} ;\n",
         echo.addr()
     );
-    let g6 = start_in(&gns, &conf, &[&admin], &["--data-path", "copy"]);
+    let g6 = G6Proc::start_in_netns(gns.name(), &conf, &[&admin], &["--data-path", "copy"]);
     let agent = Agent {
         g6,
         admin: admin.addr(),
@@ -453,14 +443,14 @@ fn local_port_exhaustion_is_not_a_server_failure() {
     // Servers in the agent's namespace (its loopback), bound before the range shrinks;
     // listeners and clients outside.
     let (s1, s2) = ns.enter(|| (Backend::identify("s1"), Backend::identify("s2")));
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40001");
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "40000 40001");
     let (admin, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
     let conf = format!(
         "( moratorium = 60 ) ;\nadmin G 127.0.0.1:* - {admin} ;\nr MS *:* - {l} > {} {} ;\n",
         s1.addr(),
         s2.addr()
     );
-    let g6 = start_in(&ns, &conf, &[&admin, &l], &["--data-path", "copy"]);
+    let g6 = G6Proc::start_in_netns(ns.name(), &conf, &[&admin, &l], &["--data-path", "copy"]);
     let agent = Agent {
         g6,
         admin: admin.addr(),

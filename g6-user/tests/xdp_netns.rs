@@ -271,7 +271,7 @@ fn usr2_successor_takes_over_the_attachment_without_a_gap() {
                 let out = std::process::Command::new("ip")
                     .args([
                         "-n",
-                        &seg.server.name,
+                        seg.server.name(),
                         "-d",
                         "link",
                         "show",

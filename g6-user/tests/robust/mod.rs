@@ -1,11 +1,10 @@
 //! Helpers shared by the robustness tests (`faults`, `hostile`, `soak`), on top of `support`:
 //! an agent with an admin rule and its resting state (sessions, counters, descriptors,
-//! memory), a non-blocking writer that pushes until back-pressure, and network namespaces.
+//! memory) and a non-blocking writer that pushes until back-pressure. Network namespaces are
+//! `support::netns`.
 //!
 //! Each of those files does `mod support; mod robust;`.
 #![allow(dead_code)]
-
-pub mod netns;
 
 use std::fs;
 use std::io::{self, Write};

@@ -458,15 +458,32 @@ impl G6Proc {
 
 impl Drop for G6Proc {
     fn drop(&mut self) {
+        let descendants: Vec<i32> = self.pids().split_off(1);
         // The unreaped monitor keeps its PID (= our process group id) ours until wait().
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
         let _ = self.child.lock().map(|mut c| c.wait());
+        // Workers are reaped by init, not by us: wait until they have exited (their sockets
+        // closed), so a next g6 can bind the same address at once.
+        wait_until(Duration::from_secs(5), || {
+            descendants.iter().all(|&p| has_exited(p))
+        });
         if std::env::var_os("G6_TEST_KEEP").is_some()
             && let Some(d) = self.dir.take()
         {
             eprintln!("G6_TEST_KEEP: kept {}", d.keep().display());
         }
+    }
+}
+
+/// Gone, or a zombie (which holds no descriptors any more).
+fn has_exited(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
     }
 }
 

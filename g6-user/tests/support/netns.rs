@@ -3,12 +3,15 @@
 //! counter, so parallel test processes never collide; `Drop` deletes the namespace (and with
 //! it its veth ends), also when the test panics.
 //!
-//! Code runs inside a namespace through [`NetNs::run`]: a scoped thread that `setns`es
-//! into it. A socket keeps the namespace it was created in, so sockets made inside `run`
-//! (listeners, clients, `PreBound`) can be used from any thread afterwards.
+//! Code runs inside a namespace through [`NetNs::run`] (a scoped thread that `setns`es into
+//! it), [`NetNs::spawn`] (the same, not waited for) or [`NetNs::enter`] (the current thread,
+//! moved back afterwards). A socket keeps the namespace it was created in, so sockets made
+//! there (listeners, clients, `PreBound`) can be used from any thread afterwards. g6 itself
+//! runs in a namespace with `G6Proc::start_in_netns`.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -44,6 +47,17 @@ impl NetNs {
         run_ip(&all);
     }
 
+    /// `ip -n <name> <args>`: its stdout, whatever its status.
+    pub fn ip_out(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        let out = Command::new("ip")
+            .args(&all)
+            .output()
+            .unwrap_or_else(|e| panic!("ip {}: {e}", all.join(" ")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Adds `cidr` (e.g. "198.18.1.1/24") to `dev` and sets it up.
     pub fn addr(&self, dev: &str, cidr: &str) {
         assert_benchmark_range(cidr);
@@ -77,16 +91,45 @@ impl NetNs {
     /// Runs `f` on a thread inside this namespace and returns its result (a panic in `f`
     /// is re-raised here).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         thread::scope(|s| {
             let h = s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                setns(&ns, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns({path}): {e}"));
+                enter_path(&path);
                 f()
             });
             h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
         })
+    }
+
+    /// Like [`NetNs::run`] without waiting: the thread's handle.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = self.path();
+        thread::spawn(move || {
+            enter_path(&path);
+            f()
+        })
+    }
+
+    /// Runs `f` with the current thread inside this namespace, then moves it back (also
+    /// when `f` panics).
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        let home = File::open("/proc/thread-self/ns/net").expect("open own netns");
+        enter_path(&self.path());
+        struct Back(File);
+        impl Drop for Back {
+            fn drop(&mut self) {
+                setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns back home");
+            }
+        }
+        let _back = Back(home);
+        f()
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
     }
 }
 
@@ -108,14 +151,56 @@ impl Drop for NetNs {
     }
 }
 
-/// A veth pair with one end in each namespace, named `<tag>a` / `<tag>b` (names are per
-/// namespace, so tags only need to be unique within one test). Deleting either namespace
-/// deletes both ends.
-pub fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str) {
-    run_ip(&[
-        "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns",
-        &b.name,
-    ]);
+fn enter_path(path: &str) {
+    let ns = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    setns(&ns, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns({path}): {e}"));
+}
+
+/// A veth pair with end `a_dev` in namespace `a` and `b_dev` in `b`, both down and without
+/// addresses (see [`NetNs::addr`]). Names are unique (`g6a<pid>x<n>`, within the 15-byte
+/// limit) so they may appear in logs and `show stats`. Deleting either namespace deletes the
+/// pair; so do [`Veth::cut`] and `Drop`.
+pub struct Veth {
+    a_ns: String,
+    pub a_dev: String,
+    pub b_dev: String,
+    cut: bool,
+}
+
+impl Veth {
+    pub fn new(a: &NetNs, b: &NetNs) -> Veth {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let (a_dev, b_dev) = (format!("g6a{pid}x{n}"), format!("g6b{pid}x{n}"));
+        assert!(a_dev.len() <= 15, "interface name too long: {a_dev}");
+        run_ip(&[
+            "link", "add", &a_dev, "netns", &a.name, "type", "veth", "peer", "name", &b_dev,
+            "netns", &b.name,
+        ]);
+        Veth {
+            a_ns: a.name.clone(),
+            a_dev,
+            b_dev,
+            cut: false,
+        }
+    }
+
+    /// Deletes the pair: both ends vanish at once and nothing more crosses (no FIN, no RST).
+    pub fn cut(&mut self) {
+        run_ip(&["-n", &self.a_ns, "link", "del", &self.a_dev]);
+        self.cut = true;
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        if !self.cut {
+            // Gone already if its namespace was dropped first: nothing to report.
+            let _ = Command::new("ip")
+                .args(["-n", &self.a_ns, "link", "del", &self.a_dev])
+                .output();
+        }
+    }
 }
 
 fn run_ip(args: &[&str]) {

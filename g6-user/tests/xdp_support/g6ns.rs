@@ -1,8 +1,6 @@
 //! A g6 inside a server namespace of a [`Segment`], and clients in the client namespace.
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -10,7 +8,6 @@ use nix::unistd::Pid;
 use socket2::{Domain, Socket, Type};
 
 use super::netns::{CLIENT_IPS, SERVER_IP, Segment};
-use crate::support::g6proc::G6_BIN;
 use crate::support::{Backend, G6Proc, WAIT_TIMEOUT, wait_until};
 
 pub const ADMIN_PORT: u16 = 8600;
@@ -42,15 +39,7 @@ pub fn conf(server: SocketAddr, extra_web_pattern: &str) -> String {
 
 /// g6 started inside the server namespace (`ip netns exec`, which execs g6 itself).
 pub fn start(seg: &Segment, conf: &str, extra: &[&str]) -> G6Proc {
-    let dir = G6Proc::conf_dir(conf);
-    let mut args: Vec<OsString> = vec![
-        "netns".into(),
-        "exec".into(),
-        seg.server.name.clone().into(),
-        G6_BIN.into(),
-    ];
-    args.extend(G6Proc::standard_args(dir.path(), extra));
-    G6Proc::launch(Path::new("ip"), &args, dir, &[], true)
+    G6Proc::start_in_netns(seg.server.name(), conf, &[], extra)
 }
 
 /// Connects from `src` (a client address) to the server's `port`, within `timeout`; on
