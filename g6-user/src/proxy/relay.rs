@@ -492,7 +492,7 @@ const IDLE_DISCARD_READS: usize = 256;
 /// Idle timeout (SPEC.md §5.5): FIN to both sides. close(2) of a socket holding unread
 /// bytes (a receiver that stopped reading) would send an RST instead, so the FIN goes first,
 /// then what is unread is discarded (bounded); a late RST then still follows the FIN.
-fn close_idle(client: &TcpStream, server: &TcpStream) {
+pub fn close_idle(client: &TcpStream, server: &TcpStream) {
     for s in [client, server] {
         let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
     }

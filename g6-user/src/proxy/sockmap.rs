@@ -44,7 +44,8 @@ const TICK_IDLE: Duration = Duration::from_secs(1);
 const LONG_QUIET: Duration = Duration::from_secs(5);
 /// How long a reset waits for redirected bytes that stopped moving before resetting the peer.
 const RESET_STALL: Duration = Duration::from_millis(200);
-/// How long a pair leaving the fast path may take to drain before it is aborted.
+/// How long a pair leaving the fast path may make no progress before it is aborted (only
+/// without an idle timeout, which otherwise decides).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// The loaded fast path plus the count of pairs it carries.
@@ -347,16 +348,47 @@ impl Driver<'_> {
         reason
     }
 
+    /// Every byte count that grows while the pair makes progress: the verdict's counters
+    /// and both sockets' TCP_INFO (bytes acked by a slow reader, bytes still arriving).
+    fn activity(&self) -> u64 {
+        let map: u64 = [self.keys.a, self.keys.b]
+            .into_iter()
+            .filter_map(|c| self.acc.fp.state(c))
+            .map(|st| st.redirected_bytes + st.passed_bytes)
+            .sum();
+        let tcp: u64 = [self.client, self.server]
+            .into_iter()
+            .filter_map(|s| sys::tcp_info(s.as_raw_fd()).ok())
+            .map(|ti| ti.bytes_acked + ti.bytes_received)
+            .sum();
+        map.wrapping_add(tcp)
+    }
+
     /// Stops redirecting both ways and waits until nothing redirected is left in flight, so
     /// user space can take over without loss or reordering.
     /// A reset meanwhile ends the wait (a receiver that does not read would make it long).
-    async fn leave_fast_path(&mut self) -> Result<(), Exit> {
+    /// Bytes that still move (see [`Self::activity`]) refresh the idle clock; the listener's
+    /// idle timeout then closes a stuck pair with FIN as on every path (SPEC.md §5.5). With
+    /// no idle timeout, a pair stuck for [`DRAIN_LIMIT`] is reset.
+    async fn leave_fast_path(&mut self, idle: Duration) -> Result<(), Exit> {
         for cookie in [self.keys.a, self.keys.b] {
             let _ = self.acc.fp.set_peer(cookie, 0);
         }
-        let start = Instant::now();
+        let mut seen = self.activity();
+        let mut stalled = Instant::now();
         while self.backlog(Side::Client) > 0 || self.backlog(Side::Server) > 0 {
-            if start.elapsed() > DRAIN_LIMIT {
+            let now = self.activity();
+            if now != seen {
+                seen = now;
+                stalled = Instant::now();
+                self.meters.traffic.touch();
+            }
+            if !idle.is_zero() && self.meters.traffic.idle_for() >= idle {
+                self.refresh();
+                relay::close_idle(self.client, self.server);
+                return Err(Exit::Closed(CloseReason::IdleTimeout));
+            }
+            if idle.is_zero() && stalled.elapsed() > DRAIN_LIMIT {
                 tracing::error!("sockmap: pair did not drain within {DRAIN_LIMIT:?}; aborted");
                 relay::reset(self.client);
                 relay::reset(self.server);
@@ -422,7 +454,7 @@ pub async fn relay(
         Exit::Closed(reason) => reason,
         Exit::Reset(side) => driver.pass_on_reset(side).await,
         Exit::Fallback => {
-            match driver.leave_fast_path().await {
+            match driver.leave_fast_path(idle).await {
                 Ok(()) => {}
                 Err(Exit::Reset(side)) => return driver.pass_on_reset(side).await,
                 Err(Exit::Closed(reason)) => return reason,
