@@ -450,20 +450,37 @@ pub async fn relay(
         rt_samples_seen: 0,
         damaged: false,
     };
+    // Read now: once both sides are shut down the socket has no peer any more.
+    let client_addr = client.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let (reason, left) = drive(&mut driver, idle).await;
+    log_split(&driver, &client_addr, reason, left);
+    reason
+}
+
+/// The session after insertion: spliced, then, if it must, in user space. → the close
+/// reason and whether the pair left the fast path.
+async fn drive(driver: &mut Driver<'_>, idle: Duration) -> (CloseReason, bool) {
+    let (client, server, meters, acc, keys) = (
+        driver.client,
+        driver.server,
+        driver.meters,
+        driver.acc,
+        driver.keys,
+    );
+    let fp = &acc.fp;
     match driver.watch(idle).await {
-        Exit::Closed(reason) => reason,
-        Exit::Reset(side) => driver.pass_on_reset(side).await,
+        Exit::Closed(reason) => (reason, false),
+        Exit::Reset(side) => (driver.pass_on_reset(side).await, false),
         Exit::Fallback => {
             match driver.leave_fast_path(idle).await {
                 Ok(()) => {}
-                Err(Exit::Reset(side)) => return driver.pass_on_reset(side).await,
-                Err(Exit::Closed(reason)) => return reason,
+                Err(Exit::Reset(side)) => return (driver.pass_on_reset(side).await, true),
+                Err(Exit::Closed(reason)) => return (reason, true),
                 Err(Exit::Fallback) => unreachable!("leave_fast_path never asks to fall back"),
             }
             // The sockets stay in the sockhash until the end (deleting them would drop what
             // their psock holds), so user space reads them through the psock: copy, never
             // splice(2), which bypasses it.
-            let fp = &acc.fp;
             let gate = |side: Side, read: u64| {
                 let cookie = match side {
                     Side::Client => keys.a,
@@ -476,16 +493,31 @@ pub async fn relay(
             tokio::pin!(relay);
             loop {
                 tokio::select! {
-                    reason = &mut relay => return reason,
+                    reason = &mut relay => return (reason, true),
                     _ = tokio::time::sleep(TICK_QUIET) => {
                         if damaged(fp, keys) {
-                            return abort_damaged(client, server);
+                            return (abort_damaged(client, server), true);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// DEBUG line at the end of an accelerated session: how many bytes the kernel redirected
+/// (the verdict's counters) and how many user space relayed after the pair left the fast
+/// path. The tests use it to prove that spliced bytes never crossed the agent.
+fn log_split(driver: &Driver<'_>, client: &str, reason: CloseReason, left: bool) {
+    let traffic = driver.meters.traffic;
+    let (r_in, r_out) = (driver.up.reported, driver.down.reported);
+    let user_in = traffic.bytes_in.load(Relaxed).saturating_sub(r_in);
+    let user_out = traffic.bytes_out.load(Relaxed).saturating_sub(r_out);
+    tracing::debug!(
+        "sockmap: session client={client} close={} left_fast_path={left} \
+         redirected_in={r_in} redirected_out={r_out} user_in={user_in} user_out={user_out}",
+        reason.as_str()
+    );
 }
 
 /// True if the verdict failed to cut a stale prefix for either socket and dropped that skb
