@@ -48,7 +48,7 @@ const STALL: Duration = Duration::from_secs(30);
 /// full soak (10 000 sessions, sockmap included) hit it in 1 run of 4; another run saw a
 /// server's first bytes overtaken by its reset (README, sockmap defect 3). At 1 000
 /// sessions either would make CI flaky. Empty this list once they are fixed.
-const CI_SKIP_PATHS: &[&str] = &["sockmap"];
+const CI_SKIP_PATHS: &[&str] = &[];
 
 #[test]
 fn soak_ci() {

@@ -326,18 +326,23 @@ impl Driver<'_> {
     }
 
     /// A reset of `side`: bytes already redirected from it are passed on first (they sit in
-    /// the other socket's psock backlog until its send queue takes them; waiting stops when
-    /// the receiver takes nothing more), then the other socket is reset (SPEC.md §5.5).
+    /// the other socket's psock backlog until its send queue takes them, and in that send
+    /// queue until acknowledged; waiting stops when the receiver takes nothing more), then
+    /// the other socket is reset (SPEC.md §5.5).
     async fn pass_on_reset(&mut self, side: Side) -> CloseReason {
         let (reason, other) = match side {
             Side::Client => (CloseReason::ClientReset, self.server),
             Side::Server => (CloseReason::ServerReset, self.client),
         };
-        let mut last = self.backlog(side);
+        // Then until the other socket's peer acknowledged them: the linger-0 close below
+        // discards the send queue, so a byte queued but not yet sent would be lost.
+        let pending =
+            |d: &Self| d.backlog(side) + sys::outq(other.as_raw_fd()).unwrap_or(0);
+        let mut last = pending(self);
         let mut stalled = Instant::now();
         while last > 0 && stalled.elapsed() < RESET_STALL {
             tokio::time::sleep(TICK_MIN).await;
-            let now = self.backlog(side);
+            let now = pending(self);
             if now < last {
                 stalled = Instant::now();
             }
