@@ -109,43 +109,61 @@ fn slow_reader_of_a_backlog_is_not_idle() {
 }
 
 fn slow_reader_not_idle(path: &str) {
-    // Big enough to reopen the server's receive window (TCP offers no window for a read of
-    // less than 1/16 of the buffer).
-    const CHUNK: usize = 1 << 20;
-    const SLOW_READS: usize = 4;
-    let ctl = Controlled::new();
+    // A fixed receive buffer (no autotuning), read half of it at a time (SO_RCVBUF is
+    // doubled): each read reopens the TCP window, so every read makes the agent's bytes move.
+    const RCVBUF: usize = 256 * 1024;
+    const CHUNK: usize = 256 * 1024;
+    const SLOW_READS: usize = 5;
+    let srv = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    srv.set_recv_buffer_size(RCVBUF).expect("SO_RCVBUF");
+    srv.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .expect("bind");
+    srv.listen(1).expect("listen");
+    srv.set_nonblocking(true).expect("O_NONBLOCK");
+    let srv: TcpListener = srv.into();
     let l = PreBound::tcp("127.0.0.1:0");
     let agent = Agent::start(
         path,
-        &format!("r RR *:* - {l} ( timeout = 1 ) > {} ;\n", ctl.addr()),
+        &format!(
+            "r RR *:* - {l} ( timeout = 1 ) > {} ;\n",
+            srv.local_addr().unwrap()
+        ),
         &[&l],
         &["--data-path", path],
     );
     let ctx = format!("[{path}] slow reader of a backlog");
     let mut c = connect(l.addr());
-    let sc = ctl.conn(0);
+    let (mut sc, _) = wait_for(WAIT_TIMEOUT, || srv.accept().ok()).expect("agent connects");
+    sc.set_nonblocking(false).unwrap();
+    sc.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
     let mut w = Pusher::new();
     let (pushed, _) = w.push_until_blocked(&c, 512 * MIB, &ctx);
-    assert!(pushed > (SLOW_READS * CHUNK) as u64, "{ctx}: only {pushed} bytes pushed");
+    assert!(
+        pushed > (SLOW_READS * CHUNK) as u64,
+        "{ctx}: only {pushed} bytes pushed"
+    );
     // Pacing a slow reader, not waiting for a condition: each gap is half the timeout.
-    let mut data = Vec::new();
-    for _ in 0..SLOW_READS {
-        data.extend(sc.read_exact(CHUNK));
+    let mut data = vec![0u8; SLOW_READS * CHUNK];
+    for chunk in data.chunks_mut(CHUNK) {
+        sc.read_exact(chunk)
+            .unwrap_or_else(|e| panic!("{ctx}: slow read: {e} {}", agent.g6.diagnostics()));
         thread::sleep(IDLE / 2);
     }
     c.shutdown(std::net::Shutdown::Write).expect("client FIN");
-    let (rest, end) = sc.read_until_end();
-    data.extend(rest);
+    sc.read_to_end(&mut data).expect("read the rest");
     let got = Digest::of(&data);
-    assert_eq!(end, End::Eof, "{ctx}: server side after {got} {}", agent.g6.diagnostics());
     assert!(
         got.len == pushed && w.is_prefix(got),
         "{ctx}: server got {got} of {pushed} pushed bytes {}",
         agent.g6.diagnostics()
     );
-    sc.shutdown_write();
+    sc.shutdown(std::net::Shutdown::Write).expect("server FIN");
     let mut b = [0u8; 1];
-    assert_eq!(c.read(&mut b).ok(), Some(0), "{ctx}: the client must see the server's FIN");
+    assert_eq!(
+        c.read(&mut b).ok(),
+        Some(0),
+        "{ctx}: the client must see the server's FIN"
+    );
     let line = agent.access_of(c.local_addr().unwrap());
     assert_eq!(field(&line, "close"), "client_close", "{ctx}: {line}");
 }

@@ -92,9 +92,15 @@ fn paced_transfer(mut tx: TcpStream, mut rx: TcpStream, n: u64, what: &str) {
         sent += k as u64;
         let (lock, cv) = &*read;
         let (got, timeout) = cv
-            .wait_timeout_while(lock.lock().unwrap(), WAIT_TIMEOUT, |r| *r + AHEAD / 2 < sent)
+            .wait_timeout_while(lock.lock().unwrap(), WAIT_TIMEOUT, |r| {
+                *r + AHEAD / 2 < sent
+            })
             .unwrap();
-        assert!(!timeout.timed_out(), "{what}: receiver stuck at {} of {sent}", *got);
+        assert!(
+            !timeout.timed_out(),
+            "{what}: receiver stuck at {} of {sent}",
+            *got
+        );
     }
     tx.shutdown(Shutdown::Write).unwrap();
     let digest = reader.join().expect("receiver thread");

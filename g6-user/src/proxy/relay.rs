@@ -475,14 +475,34 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Completes when the session has been idle (no byte either way) for `idle`.
-async fn idle_expired(traffic: &Traffic, idle: Duration) {
+/// Bytes TCP moved on both sockets (acknowledged by each peer + received from it). It grows
+/// without the pumps too: a slow reader acknowledging what the agent had queued (a blocked
+/// writer is only woken once half its send buffer is free).
+pub fn tcp_progress(client: &TcpStream, server: &TcpStream) -> u64 {
+    [client, server]
+        .into_iter()
+        .filter_map(|s| crate::fastpath::tcp_info(s.as_raw_fd()).ok())
+        .map(|ti| ti.bytes_acked.wrapping_add(ti.bytes_received))
+        .fold(0, u64::wrapping_add)
+}
+
+/// Completes when the session has been idle (no byte either way) for `idle`: neither the
+/// pumps nor TCP moved a byte. TCP's counters are looked at every quarter of the timeout,
+/// so a close comes at most that much late.
+async fn idle_expired(traffic: &Traffic, idle: Duration, client: &TcpStream, server: &TcpStream) {
+    let mut seen = tcp_progress(client, server);
     loop {
+        let now = Instant::now();
         let deadline = traffic.last_activity() + idle;
-        if Instant::now() >= deadline {
+        if now >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline.into()).await;
+        tokio::time::sleep_until((deadline.min(now + idle / 4)).into()).await;
+        let progress = tcp_progress(client, server);
+        if progress != seen {
+            seen = progress;
+            traffic.touch();
+        }
     }
 }
 
@@ -565,7 +585,7 @@ pub async fn relay_gated(
     } else {
         tokio::select! {
             r = both => r,
-            _ = idle_expired(meters.traffic, idle) => {
+            _ = idle_expired(meters.traffic, idle, client, server) => {
                 close_idle(client, server);
                 return CloseReason::IdleTimeout;
             }

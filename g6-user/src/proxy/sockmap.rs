@@ -336,8 +336,7 @@ impl Driver<'_> {
         };
         // Then until the other socket's peer acknowledged them: the linger-0 close below
         // discards the send queue, so a byte queued but not yet sent would be lost.
-        let pending =
-            |d: &Self| d.backlog(side) + sys::outq(other.as_raw_fd()).unwrap_or(0);
+        let pending = |d: &Self| d.backlog(side) + sys::outq(other.as_raw_fd()).unwrap_or(0);
         let mut last = pending(self);
         let mut stalled = Instant::now();
         while last > 0 && stalled.elapsed() < RESET_STALL {
@@ -361,11 +360,7 @@ impl Driver<'_> {
             .filter_map(|c| self.acc.fp.state(c))
             .map(|st| st.redirected_bytes + st.passed_bytes)
             .sum();
-        let tcp: u64 = [self.client, self.server]
-            .into_iter()
-            .filter_map(|s| sys::tcp_info(s.as_raw_fd()).ok())
-            .map(|ti| ti.bytes_acked + ti.bytes_received)
-            .sum();
+        let tcp = relay::tcp_progress(self.client, self.server);
         map.wrapping_add(tcp)
     }
 
@@ -456,7 +451,9 @@ pub async fn relay(
         damaged: false,
     };
     // Read now: once both sides are shut down the socket has no peer any more.
-    let client_addr = client.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let client_addr = client
+        .peer_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     let (reason, left) = drive(&mut driver, idle).await;
     log_split(&driver, &client_addr, reason, left);
     reason
