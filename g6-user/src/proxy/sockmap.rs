@@ -15,7 +15,7 @@
 //!
 //! Map entries are deleted only when the session ends (both directions done, or abort).
 
-use std::io;
+use std::io::{self, Read as _};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -326,27 +326,25 @@ impl Driver<'_> {
     }
 
     /// A reset of `side`: bytes already redirected from it are passed on first (they sit in
-    /// the other socket's psock backlog until its send queue takes them, and in that send
-    /// queue until acknowledged; waiting stops when the receiver takes nothing more), then
-    /// the other socket is reset (SPEC.md §5.5).
+    /// the other socket's psock backlog until its send queue takes them), then the bytes
+    /// still readable on it, then the other socket is reset once its peer acknowledged them
+    /// all (SPEC.md §5.5); each wait ends when nothing moves for [`RESET_STALL`].
     async fn pass_on_reset(&mut self, side: Side) -> CloseReason {
-        let (reason, other) = match side {
-            Side::Client => (CloseReason::ClientReset, self.server),
-            Side::Server => (CloseReason::ServerReset, self.client),
+        let (reason, from, other) = match side {
+            Side::Client => (CloseReason::ClientReset, self.client, self.server),
+            Side::Server => (CloseReason::ServerReset, self.server, self.client),
         };
-        // Then until the other socket's peer acknowledged them: the linger-0 close below
-        // discards the send queue, so a byte queued but not yet sent would be lost.
-        let pending = |d: &Self| d.backlog(side) + sys::outq(other.as_raw_fd()).unwrap_or(0);
-        let mut last = pending(self);
-        let mut stalled = Instant::now();
-        while last > 0 && stalled.elapsed() < RESET_STALL {
-            tokio::time::sleep(TICK_MIN).await;
-            let now = pending(self);
-            if now < last {
-                stalled = Instant::now();
-            }
-            last = now;
+        settle(|| self.backlog(side)).await;
+        // Bytes the verdict passed locally, or never saw: a reset that arrives right after
+        // insertion takes the socket out of the sockhash (TCP unhashes it) before the kick
+        // ran the verdict on bytes queued earlier. User space reads them, as its path would.
+        let n = forward_unread(from, other).await;
+        if n > 0 {
+            self.meters.add_delivered(side, n);
         }
+        // The linger-0 close below discards the send queue: a byte queued but not yet sent
+        // would be lost.
+        settle(|| sys::outq(other.as_raw_fd()).unwrap_or(0)).await;
         self.refresh();
         relay::reset(other);
         reason
@@ -402,6 +400,54 @@ impl Driver<'_> {
         }
         self.refresh();
         Ok(())
+    }
+}
+
+/// Waits until `pending()` is 0 or has not decreased for [`RESET_STALL`].
+async fn settle(pending: impl Fn() -> u64) {
+    let mut last = pending();
+    let mut stalled = Instant::now();
+    while last > 0 && stalled.elapsed() < RESET_STALL {
+        tokio::time::sleep(TICK_MIN).await;
+        let now = pending();
+        if now < last {
+            stalled = Instant::now();
+        }
+        last = now;
+    }
+}
+
+/// Copies what is still readable on the reset socket `from` to `to` (bounded by `from`'s
+/// receive queue; a write stalled for [`RESET_STALL`] gives up); → bytes written.
+async fn forward_unread(from: &TcpStream, to: &TcpStream) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        // A direct read(2): readiness flags may not show bytes queued while nobody read.
+        let n = match (&*SockRef::from(from)).read(&mut buf) {
+            Ok(n) if n > 0 => n,
+            _ => return total,
+        };
+        let mut off = 0;
+        while off < n {
+            let wrote = tokio::time::timeout(RESET_STALL, async {
+                loop {
+                    to.writable().await?;
+                    match to.try_write(&buf[off..n]) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
+            })
+            .await;
+            match wrote {
+                Ok(Ok(k)) if k > 0 => {
+                    off += k;
+                    total += k as u64;
+                }
+                _ => return total,
+            }
+        }
     }
 }
 
