@@ -16,7 +16,8 @@ use support::data::{Checksum, DataGen, digest_of_stream, fresh_seed};
 
 use support::*;
 
-/// `rchar + wchar` of a process: every byte it read or wrote through syscalls.
+/// `rchar + wchar` of a process: bytes through read(2)/write(2)-style calls, not recv/send
+/// on sockets (so only a second check, next to the kernel's redirected counters).
 fn io_bytes(pid: i32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     text.lines()
