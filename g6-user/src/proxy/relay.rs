@@ -530,6 +530,26 @@ pub fn close_idle(client: &TcpStream, server: &TcpStream) {
     pool::give_buffer(buf);
 }
 
+/// How long a reset waits for the other side's send queue to make progress.
+const RESET_STALL: Duration = Duration::from_millis(200);
+
+/// Waits until `stream`'s peer acknowledged everything queued on it, or nothing was
+/// acknowledged for [`RESET_STALL`]: the linger-0 close of a reset discards the send queue,
+/// so bytes relayed just before it (SPEC.md §5.5: delivered first) could be lost.
+pub async fn acked_or_stalled(stream: &TcpStream) {
+    let outq = || crate::fastpath::outq(stream.as_raw_fd()).unwrap_or(0);
+    let mut last = outq();
+    let mut stalled = Instant::now();
+    while last > 0 && stalled.elapsed() < RESET_STALL {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let now = outq();
+        if now < last {
+            stalled = Instant::now();
+        }
+        last = now;
+    }
+}
+
 /// Closes `stream` with a reset (linger 0) when it is dropped.
 pub fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
@@ -594,10 +614,12 @@ pub async fn relay_gated(
     match outcome {
         Ok(_) => meters.traffic.first_close(),
         Err(PumpError::Reset(Side::Client)) => {
+            acked_or_stalled(server).await;
             reset(server);
             CloseReason::ClientReset
         }
         Err(PumpError::Reset(Side::Server)) => {
+            acked_or_stalled(client).await;
             reset(client);
             CloseReason::ServerReset
         }
