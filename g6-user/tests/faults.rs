@@ -33,13 +33,6 @@ const IDLE: Duration = Duration::from_secs(1);
 /// Slack for "promptly" on a loaded 2-core CI machine.
 const LATE: Duration = Duration::from_millis(700);
 
-/// BUG (proxy/sockmap.rs, reported with issue #8): a sockmap pair that leaves the fast path
-/// because its receiver stopped reading waits up to DRAIN_LIMIT (30 s) for its backlog to
-/// drain, ignoring the idle timeout, then resets both sides (`close=error`). The idle test
-/// below skips sockmap until that is fixed; `sockmap_idle_timeout_applies_to_a_stuck_pair`
-/// (ignored) reproduces it.
-const SOCKMAP_IDLE_WHILE_DRAINING: &[&str] = &["sockmap"];
-
 /// Runs `f(path)` for every data path (not in `skip`) at once, each on its own thread.
 fn on_paths(skip: &[&str], f: impl Fn(&str) + Sync) {
     let paths: Vec<String> = data_paths()
@@ -64,13 +57,7 @@ fn on_paths(skip: &[&str], f: impl Fn(&str) + Sync) {
 /// socket with unread data sends an RST instead; the client must see EOF.
 #[test]
 fn idle_timeout_closes_with_fin_despite_unread_bytes() {
-    on_paths(SOCKMAP_IDLE_WHILE_DRAINING, idle_close_with_unread_bytes);
-}
-
-#[test]
-#[ignore = "BUG: sockmap: the idle timeout is ignored while a stuck pair drains (30 s, then RST)"]
-fn sockmap_idle_timeout_applies_to_a_stuck_pair() {
-    idle_close_with_unread_bytes("sockmap");
+    on_paths(&[], idle_close_with_unread_bytes);
 }
 
 fn idle_close_with_unread_bytes(path: &str) {
@@ -109,6 +96,74 @@ fn idle_close_with_unread_bytes(path: &str) {
     let got = Digest::of(&data);
     assert_eq!(end, End::Eof, "{ctx}: server side after {got}");
     assert!(w.is_prefix(got), "{ctx}: server got {got}, not a prefix");
+}
+
+/// The other side of the idle timeout: a receiver that reads slowly (a chunk every half
+/// timeout) while the agent holds a backlog for it is not idle. On sockmap the backlog
+/// drains while the pair leaves the fast path, where only the sockets' TCP counters move.
+#[test]
+fn slow_reader_of_a_backlog_is_not_idle() {
+    on_paths(&[], slow_reader_not_idle);
+}
+
+fn slow_reader_not_idle(path: &str) {
+    // A fixed receive buffer (no autotuning), read half of it at a time (SO_RCVBUF is
+    // doubled): each read reopens the TCP window, so every read makes the agent's bytes move.
+    const RCVBUF: usize = 256 * 1024;
+    const CHUNK: usize = 256 * 1024;
+    const SLOW_READS: usize = 5;
+    let srv = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    srv.set_recv_buffer_size(RCVBUF).expect("SO_RCVBUF");
+    srv.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .expect("bind");
+    srv.listen(1).expect("listen");
+    srv.set_nonblocking(true).expect("O_NONBLOCK");
+    let srv: TcpListener = srv.into();
+    let l = PreBound::tcp("127.0.0.1:0");
+    let agent = Agent::start(
+        path,
+        &format!(
+            "r RR *:* - {l} ( timeout = 1 ) > {} ;\n",
+            srv.local_addr().unwrap()
+        ),
+        &[&l],
+        &["--data-path", path],
+    );
+    let ctx = format!("[{path}] slow reader of a backlog");
+    let mut c = connect(l.addr());
+    let (mut sc, _) = wait_for(WAIT_TIMEOUT, || srv.accept().ok()).expect("agent connects");
+    sc.set_nonblocking(false).unwrap();
+    sc.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
+    let mut w = Pusher::new();
+    let (pushed, _) = w.push_until_blocked(&c, 512 * MIB, &ctx);
+    assert!(
+        pushed > (SLOW_READS * CHUNK) as u64,
+        "{ctx}: only {pushed} bytes pushed"
+    );
+    // Pacing a slow reader, not waiting for a condition: each gap is half the timeout.
+    let mut data = vec![0u8; SLOW_READS * CHUNK];
+    for chunk in data.chunks_mut(CHUNK) {
+        sc.read_exact(chunk)
+            .unwrap_or_else(|e| panic!("{ctx}: slow read: {e} {}", agent.g6.diagnostics()));
+        thread::sleep(IDLE / 2);
+    }
+    c.shutdown(std::net::Shutdown::Write).expect("client FIN");
+    sc.read_to_end(&mut data).expect("read the rest");
+    let got = Digest::of(&data);
+    assert!(
+        got.len == pushed && w.is_prefix(got),
+        "{ctx}: server got {got} of {pushed} pushed bytes {}",
+        agent.g6.diagnostics()
+    );
+    sc.shutdown(std::net::Shutdown::Write).expect("server FIN");
+    let mut b = [0u8; 1];
+    assert_eq!(
+        c.read(&mut b).ok(),
+        Some(0),
+        "{ctx}: the client must see the server's FIN"
+    );
+    let line = agent.access_of(c.local_addr().unwrap());
+    assert_eq!(field(&line, "close"), "client_close", "{ctx}: {line}");
 }
 
 // ------------------------------------------------------------------------------------------

@@ -41,14 +41,9 @@ const RSS_SLACK_KB: u64 = 12 * 1024;
 /// A session that makes no progress for this long fails.
 const STALL: Duration = Duration::from_secs(30);
 
-/// Data paths left out of the CI variant while a bug there is open.
-/// BUG (proxy/sockmap.rs, being fixed on another branch; reproducer
-/// `sockmap_bulk_transfers_are_byte_exact` in relay.rs): a sockmap session that left the
-/// fast path under back-pressure now and then delivers one 65483-byte segment twice. The
-/// full soak (10 000 sessions, sockmap included) hit it in 1 run of 4; another run saw a
-/// server's first bytes overtaken by its reset (README, sockmap defect 3). At 1 000
-/// sessions either would make CI flaky. Empty this list once they are fixed.
-const CI_SKIP_PATHS: &[&str] = &["sockmap"];
+/// Data paths left out of the CI variant while a bug there is open: none. (sockmap was, for
+/// the duplication after a back-pressure fallback and README's sockmap defect 3; both fixed.)
+const CI_SKIP_PATHS: &[&str] = &[];
 
 #[test]
 fn soak_ci() {

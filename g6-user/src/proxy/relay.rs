@@ -475,14 +475,34 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Completes when the session has been idle (no byte either way) for `idle`.
-async fn idle_expired(traffic: &Traffic, idle: Duration) {
+/// Bytes TCP moved on both sockets (acknowledged by each peer + received from it). It grows
+/// without the pumps too: a slow reader acknowledging what the agent had queued (a blocked
+/// writer is only woken once half its send buffer is free).
+pub fn tcp_progress(client: &TcpStream, server: &TcpStream) -> u64 {
+    [client, server]
+        .into_iter()
+        .filter_map(|s| crate::fastpath::tcp_info(s.as_raw_fd()).ok())
+        .map(|ti| ti.bytes_acked.wrapping_add(ti.bytes_received))
+        .fold(0, u64::wrapping_add)
+}
+
+/// Completes when the session has been idle (no byte either way) for `idle`: neither the
+/// pumps nor TCP moved a byte. TCP's counters are looked at every quarter of the timeout,
+/// so a close comes at most that much late.
+async fn idle_expired(traffic: &Traffic, idle: Duration, client: &TcpStream, server: &TcpStream) {
+    let mut seen = tcp_progress(client, server);
     loop {
+        let now = Instant::now();
         let deadline = traffic.last_activity() + idle;
-        if Instant::now() >= deadline {
+        if now >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline.into()).await;
+        tokio::time::sleep_until((deadline.min(now + idle / 4)).into()).await;
+        let progress = tcp_progress(client, server);
+        if progress != seen {
+            seen = progress;
+            traffic.touch();
+        }
     }
 }
 
@@ -492,7 +512,7 @@ const IDLE_DISCARD_READS: usize = 256;
 /// Idle timeout (SPEC.md §5.5): FIN to both sides. close(2) of a socket holding unread
 /// bytes (a receiver that stopped reading) would send an RST instead, so the FIN goes first,
 /// then what is unread is discarded (bounded); a late RST then still follows the FIN.
-fn close_idle(client: &TcpStream, server: &TcpStream) {
+pub fn close_idle(client: &TcpStream, server: &TcpStream) {
     for s in [client, server] {
         let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
     }
@@ -508,6 +528,26 @@ fn close_idle(client: &TcpStream, server: &TcpStream) {
         }
     }
     pool::give_buffer(buf);
+}
+
+/// How long a reset waits for the other side's send queue to make progress.
+const RESET_STALL: Duration = Duration::from_millis(200);
+
+/// Waits until `stream`'s peer acknowledged everything queued on it, or nothing was
+/// acknowledged for [`RESET_STALL`]: the linger-0 close of a reset discards the send queue,
+/// so bytes relayed just before it (SPEC.md §5.5: delivered first) could be lost.
+pub async fn acked_or_stalled(stream: &TcpStream) {
+    let outq = || crate::fastpath::outq(stream.as_raw_fd()).unwrap_or(0);
+    let mut last = outq();
+    let mut stalled = Instant::now();
+    while last > 0 && stalled.elapsed() < RESET_STALL {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let now = outq();
+        if now < last {
+            stalled = Instant::now();
+        }
+        last = now;
+    }
 }
 
 /// Closes `stream` with a reset (linger 0) when it is dropped.
@@ -565,7 +605,7 @@ pub async fn relay_gated(
     } else {
         tokio::select! {
             r = both => r,
-            _ = idle_expired(meters.traffic, idle) => {
+            _ = idle_expired(meters.traffic, idle, client, server) => {
                 close_idle(client, server);
                 return CloseReason::IdleTimeout;
             }
@@ -574,10 +614,12 @@ pub async fn relay_gated(
     match outcome {
         Ok(_) => meters.traffic.first_close(),
         Err(PumpError::Reset(Side::Client)) => {
+            acked_or_stalled(server).await;
             reset(server);
             CloseReason::ClientReset
         }
         Err(PumpError::Reset(Side::Server)) => {
+            acked_or_stalled(client).await;
             reset(client);
             CloseReason::ServerReset
         }

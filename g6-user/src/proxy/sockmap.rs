@@ -15,7 +15,7 @@
 //!
 //! Map entries are deleted only when the session ends (both directions done, or abort).
 
-use std::io;
+use std::io::{self, Read as _};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -44,7 +44,8 @@ const TICK_IDLE: Duration = Duration::from_secs(1);
 const LONG_QUIET: Duration = Duration::from_secs(5);
 /// How long a reset waits for redirected bytes that stopped moving before resetting the peer.
 const RESET_STALL: Duration = Duration::from_millis(200);
-/// How long a pair leaving the fast path may take to drain before it is aborted.
+/// How long a pair leaving the fast path may make no progress before it is aborted (only
+/// without an idle timeout, which otherwise decides).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// The loaded fast path plus the count of pairs it carries.
@@ -325,38 +326,67 @@ impl Driver<'_> {
     }
 
     /// A reset of `side`: bytes already redirected from it are passed on first (they sit in
-    /// the other socket's psock backlog until its send queue takes them; waiting stops when
-    /// the receiver takes nothing more), then the other socket is reset (SPEC.md §5.5).
+    /// the other socket's psock backlog until its send queue takes them), then the bytes
+    /// still readable on it, then the other socket is reset once its peer acknowledged them
+    /// all (SPEC.md §5.5); each wait ends when nothing moves for [`RESET_STALL`].
     async fn pass_on_reset(&mut self, side: Side) -> CloseReason {
-        let (reason, other) = match side {
-            Side::Client => (CloseReason::ClientReset, self.server),
-            Side::Server => (CloseReason::ServerReset, self.client),
+        let (reason, from, other) = match side {
+            Side::Client => (CloseReason::ClientReset, self.client, self.server),
+            Side::Server => (CloseReason::ServerReset, self.server, self.client),
         };
-        let mut last = self.backlog(side);
-        let mut stalled = Instant::now();
-        while last > 0 && stalled.elapsed() < RESET_STALL {
-            tokio::time::sleep(TICK_MIN).await;
-            let now = self.backlog(side);
-            if now < last {
-                stalled = Instant::now();
-            }
-            last = now;
+        settle(|| self.backlog(side)).await;
+        // Bytes the verdict passed locally, or never saw: a reset that arrives right after
+        // insertion takes the socket out of the sockhash (TCP unhashes it) before the kick
+        // ran the verdict on bytes queued earlier. User space reads them, as its path would.
+        let n = forward_unread(from, other).await;
+        if n > 0 {
+            self.meters.add_delivered(side, n);
         }
+        // The linger-0 close below discards the send queue: a byte queued but not yet sent
+        // would be lost.
+        settle(|| sys::outq(other.as_raw_fd()).unwrap_or(0)).await;
         self.refresh();
         relay::reset(other);
         reason
     }
 
+    /// Every byte count that grows while the pair makes progress: the verdict's counters
+    /// and both sockets' TCP_INFO (bytes acked by a slow reader, bytes still arriving).
+    fn activity(&self) -> u64 {
+        let map: u64 = [self.keys.a, self.keys.b]
+            .into_iter()
+            .filter_map(|c| self.acc.fp.state(c))
+            .map(|st| st.redirected_bytes + st.passed_bytes)
+            .sum();
+        let tcp = relay::tcp_progress(self.client, self.server);
+        map.wrapping_add(tcp)
+    }
+
     /// Stops redirecting both ways and waits until nothing redirected is left in flight, so
     /// user space can take over without loss or reordering.
     /// A reset meanwhile ends the wait (a receiver that does not read would make it long).
-    async fn leave_fast_path(&mut self) -> Result<(), Exit> {
+    /// Bytes that still move (see [`Self::activity`]) refresh the idle clock; the listener's
+    /// idle timeout then closes a stuck pair with FIN as on every path (SPEC.md §5.5). With
+    /// no idle timeout, a pair stuck for [`DRAIN_LIMIT`] is reset.
+    async fn leave_fast_path(&mut self, idle: Duration) -> Result<(), Exit> {
         for cookie in [self.keys.a, self.keys.b] {
             let _ = self.acc.fp.set_peer(cookie, 0);
         }
-        let start = Instant::now();
+        let mut seen = self.activity();
+        let mut stalled = Instant::now();
         while self.backlog(Side::Client) > 0 || self.backlog(Side::Server) > 0 {
-            if start.elapsed() > DRAIN_LIMIT {
+            let now = self.activity();
+            if now != seen {
+                seen = now;
+                stalled = Instant::now();
+                self.meters.traffic.touch();
+            }
+            if !idle.is_zero() && self.meters.traffic.idle_for() >= idle {
+                self.refresh();
+                relay::close_idle(self.client, self.server);
+                return Err(Exit::Closed(CloseReason::IdleTimeout));
+            }
+            if idle.is_zero() && stalled.elapsed() > DRAIN_LIMIT {
                 tracing::error!("sockmap: pair did not drain within {DRAIN_LIMIT:?}; aborted");
                 relay::reset(self.client);
                 relay::reset(self.server);
@@ -370,6 +400,54 @@ impl Driver<'_> {
         }
         self.refresh();
         Ok(())
+    }
+}
+
+/// Waits until `pending()` is 0 or has not decreased for [`RESET_STALL`].
+async fn settle(pending: impl Fn() -> u64) {
+    let mut last = pending();
+    let mut stalled = Instant::now();
+    while last > 0 && stalled.elapsed() < RESET_STALL {
+        tokio::time::sleep(TICK_MIN).await;
+        let now = pending();
+        if now < last {
+            stalled = Instant::now();
+        }
+        last = now;
+    }
+}
+
+/// Copies what is still readable on the reset socket `from` to `to` (bounded by `from`'s
+/// receive queue; a write stalled for [`RESET_STALL`] gives up); → bytes written.
+async fn forward_unread(from: &TcpStream, to: &TcpStream) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        // A direct read(2): readiness flags may not show bytes queued while nobody read.
+        let n = match (&*SockRef::from(from)).read(&mut buf) {
+            Ok(n) if n > 0 => n,
+            _ => return total,
+        };
+        let mut off = 0;
+        while off < n {
+            let wrote = tokio::time::timeout(RESET_STALL, async {
+                loop {
+                    to.writable().await?;
+                    match to.try_write(&buf[off..n]) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
+            })
+            .await;
+            match wrote {
+                Ok(Ok(k)) if k > 0 => {
+                    off += k;
+                    total += k as u64;
+                }
+                _ => return total,
+            }
+        }
     }
 }
 
@@ -418,20 +496,39 @@ pub async fn relay(
         rt_samples_seen: 0,
         damaged: false,
     };
+    // Read now: once both sides are shut down the socket has no peer any more.
+    let client_addr = client
+        .peer_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let (reason, left) = drive(&mut driver, idle).await;
+    log_split(&driver, &client_addr, reason, left);
+    reason
+}
+
+/// The session after insertion: spliced, then, if it must, in user space. → the close
+/// reason and whether the pair left the fast path.
+async fn drive(driver: &mut Driver<'_>, idle: Duration) -> (CloseReason, bool) {
+    let (client, server, meters, acc, keys) = (
+        driver.client,
+        driver.server,
+        driver.meters,
+        driver.acc,
+        driver.keys,
+    );
+    let fp = &acc.fp;
     match driver.watch(idle).await {
-        Exit::Closed(reason) => reason,
-        Exit::Reset(side) => driver.pass_on_reset(side).await,
+        Exit::Closed(reason) => (reason, false),
+        Exit::Reset(side) => (driver.pass_on_reset(side).await, false),
         Exit::Fallback => {
-            match driver.leave_fast_path().await {
+            match driver.leave_fast_path(idle).await {
                 Ok(()) => {}
-                Err(Exit::Reset(side)) => return driver.pass_on_reset(side).await,
-                Err(Exit::Closed(reason)) => return reason,
+                Err(Exit::Reset(side)) => return (driver.pass_on_reset(side).await, true),
+                Err(Exit::Closed(reason)) => return (reason, true),
                 Err(Exit::Fallback) => unreachable!("leave_fast_path never asks to fall back"),
             }
             // The sockets stay in the sockhash until the end (deleting them would drop what
             // their psock holds), so user space reads them through the psock: copy, never
             // splice(2), which bypasses it.
-            let fp = &acc.fp;
             let gate = |side: Side, read: u64| {
                 let cookie = match side {
                     Side::Client => keys.a,
@@ -444,16 +541,31 @@ pub async fn relay(
             tokio::pin!(relay);
             loop {
                 tokio::select! {
-                    reason = &mut relay => return reason,
+                    reason = &mut relay => return (reason, true),
                     _ = tokio::time::sleep(TICK_QUIET) => {
                         if damaged(fp, keys) {
-                            return abort_damaged(client, server);
+                            return (abort_damaged(client, server), true);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// DEBUG line at the end of an accelerated session: how many bytes the kernel redirected
+/// (the verdict's counters) and how many user space relayed after the pair left the fast
+/// path. The tests use it to prove that spliced bytes never crossed the agent.
+fn log_split(driver: &Driver<'_>, client: &str, reason: CloseReason, left: bool) {
+    let traffic = driver.meters.traffic;
+    let (r_in, r_out) = (driver.up.reported, driver.down.reported);
+    let user_in = traffic.bytes_in.load(Relaxed).saturating_sub(r_in);
+    let user_out = traffic.bytes_out.load(Relaxed).saturating_sub(r_out);
+    tracing::debug!(
+        "sockmap: session client={client} close={} left_fast_path={left} \
+         redirected_in={r_in} redirected_out={r_out} user_in={user_in} user_out={user_out}",
+        reason.as_str()
+    );
 }
 
 /// True if the verdict failed to cut a stale prefix for either socket and dropped that skb
