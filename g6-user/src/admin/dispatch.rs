@@ -188,3 +188,65 @@ fn block_command(list: &BlockList, command: &Command, clock: Clock) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn run(state: &AdminState, line: &str, clock: Clock) -> (String, Effect) {
+        let mut out = Vec::new();
+        let effect = execute_line(state, line.as_bytes(), clock, &mut out);
+        (String::from_utf8(out).expect("ASCII reply"), effect)
+    }
+
+    /// The block list follows the clock passed in, not the real one.
+    #[test]
+    fn block_commands_on_a_given_clock() {
+        let cfg =
+            crate::config::parse("t", b"a RR *:* - 127.0.0.1:1 > 127.0.0.1:2 ;").expect("config");
+        let rt = Runtime::new(Arc::new(cfg));
+        let blocklist = BlockList::default();
+        let state = AdminState {
+            runtime: &rt,
+            blocklist: &blocklist,
+            sessions: &Vec::new,
+            xdp: &|| XdpStats {
+                mode: "off",
+                ifaces: Vec::new(),
+                dropped_blocked: 0,
+                dropped_not_allowed: 0,
+            },
+        };
+        let t0 = Clock {
+            now: Now::now(),
+            mono_ns: 5_000_000_000,
+        };
+        let later = |ms: u64| Clock {
+            now: t0.now.plus_ms(ms),
+            mono_ns: t0.mono_ns + ms * 1_000_000,
+        };
+        let epoch = t0.now.epoch_ms / 1000;
+        assert_eq!(run(&state, "block ::1 10", t0).0, "::1 blocked\n");
+        assert_eq!(
+            run(&state, "block 198.18.0.1", t0).0,
+            "198.18.0.1 blocked\n"
+        );
+        let listed = format!("198.18.0.1 0\n::1 {}\n", epoch + 10);
+        assert_eq!(run(&state, "show blocked", later(9_999)).0, listed);
+        assert_eq!(
+            run(&state, "show blocked", later(10_000)).0,
+            "198.18.0.1 0\n"
+        );
+        assert_eq!(run(&state, "unblock ::1", later(10_000)).0, "");
+        assert_eq!(
+            run(&state, "unblock 198.18.0.1", t0).0,
+            "198.18.0.1 unblocked\n"
+        );
+        assert_eq!(run(&state, "show blocked json", t0).0, "{\"blocked\":[]}\n");
+        assert_eq!(run(&state, "quit", t0), (String::new(), Effect::Close));
+        let (help, effect) = run(&state, "?", t0);
+        assert!(help.ends_with("show blocked [json]\n") && effect == Effect::Continue);
+    }
+}
