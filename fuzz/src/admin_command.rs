@@ -104,6 +104,11 @@ const HELP: &str = "show (rules|sessions|stats) [json]\n\
                     heartbeat (ip) (port)\n\
                     quit\n";
 
+/// The [ext] lines the server appends to the `?` reply (README "Admin port").
+pub(crate) const HELP_EXT: &str = "block (ip) [block_timeout]\n\
+                                   unblock (ip)\n\
+                                   show blocked [json]\n";
+
 /// The §9.2 reply of a command needing no runtime state, from the SPEC text.
 pub(crate) fn spec_fixed_reply(c: &Command) -> Option<Vec<u8>> {
     let usage = |s: &str| Some(format!("USAGE : {s}\n").into_bytes());
@@ -114,6 +119,8 @@ pub(crate) fn spec_fixed_reply(c: &Command) -> Option<Vec<u8>> {
         Command::Usage(UsageOf::Disable) => usage("disable (ip) (port) [disable_timeout]"),
         Command::Usage(UsageOf::Enable) => usage("enable (ip) (port) [enable_timeout]"),
         Command::Usage(UsageOf::Heartbeat) => usage("heartbeat (ip) (port)"),
+        Command::Usage(UsageOf::Block) => usage("block (ip) [block_timeout]"),
+        Command::Usage(UsageOf::Unblock) => usage("unblock (ip)"),
         Command::Invalid(tok) => Some([&b"invalid command["[..], tok, b"]\n"].concat()),
         _ => None,
     }
@@ -144,7 +151,7 @@ fn secs(tok: &[u8]) -> Option<u32> {
     u32::try_from(digits(num)?.checked_mul(mult)?).ok()
 }
 
-/// SPEC.md §9.2 read directly.
+/// SPEC.md §9.2 read directly, plus README's [ext] commands.
 fn reference_command(line: &[u8]) -> Command {
     let toks = admin_tokens(line);
     let Some(&first) = toks.first() else {
@@ -169,6 +176,11 @@ fn reference_command(line: &[u8]) -> Command {
                 Some(b"rules") => ShowWhat::Rules,
                 Some(b"sessions") => ShowWhat::Sessions,
                 Some(b"stats") => ShowWhat::Stats,
+                Some(b"blocked") => {
+                    return Command::ShowBlocked {
+                        json: arg(2) == Some(b"json"),
+                    };
+                }
                 _ => return Command::ShowUsage,
             };
             Command::Show {
@@ -188,6 +200,22 @@ fn reference_command(line: &[u8]) -> Command {
         b"heartbeat" => match (arg(1).and_then(ip), arg(2).and_then(port)) {
             (Some(ip), Some(port)) => Command::Heartbeat { ip, port },
             _ => Command::Usage(UsageOf::Heartbeat),
+        },
+        // `block IP [T]`: T as for `disable`, 0 = until unblocked.
+        b"block" => match (arg(1).and_then(ip), arg(2)) {
+            (None, _) => Command::Usage(UsageOf::Block),
+            (Some(ip), None) => Command::Block { ip, secs: None },
+            (Some(ip), Some(t)) => match secs(t) {
+                Some(t) => Command::Block {
+                    ip,
+                    secs: Some(t).filter(|&t| t > 0),
+                },
+                None => Command::Usage(UsageOf::Block),
+            },
+        },
+        b"unblock" => match arg(1).and_then(ip) {
+            Some(ip) => Command::Unblock { ip },
+            None => Command::Usage(UsageOf::Unblock),
         },
         other => Command::Invalid(other.to_vec()),
     }
@@ -227,6 +255,13 @@ fn check_line(line: &[u8]) {
             })
         }
         Command::Heartbeat { ip, port } => Some(format!(" heartbeat {ip} {port} extra")),
+        Command::Block { ip, secs } => Some(match (secs, ip) {
+            (Some(t), IpAddr::V6(v6)) => format!("block [{v6}] {t}"),
+            (Some(t), IpAddr::V4(v4)) => format!("block {v4} {t}s"),
+            (None, _) => format!("block\t{ip} 0s"),
+        }),
+        Command::Unblock { ip } => Some(format!("unblock {ip} extra")),
+        Command::ShowBlocked { json: true } => Some("show\tblocked json x".into()),
         _ => None,
     };
     if let Some(text) = again {

@@ -1,11 +1,10 @@
 //! `admin_dispatch`: admin command lines run against the runtime state of a fixed config,
 //! without sockets and on a simulated clock, checked against a model of SPEC.md §7 / §9.
 //!
-//! The real dispatcher (`g6::proxy::admin_conn`) needs a socket, a `Shared` and the wall
-//! clock, so this module mirrors its `execute` over the same pieces: a `g6::runtime::Runtime`
-//! built from the config (its `isolation::Isolation` per server entry), `parse_command`,
-//! `config::render_rules` and the `admin` renderers, with `isolation::Now` taken from the
-//! simulated clock.
+//! Every admin line runs through the server's own dispatcher, `g6::admin::execute` (what
+//! `proxy::admin_conn` calls per line), over a `g6::runtime::Runtime` built from the config,
+//! a real `guard::BlockList` (no XDP maps) and fixed `show sessions` rows and XDP counters,
+//! with `admin::Clock` taken from the simulated clock.
 //!
 //! Input: admin lines (split by `LineSplitter`). Lines starting with `@` drive the harness:
 //! * `@sleep MS`: the clock moves MS milliseconds (at most 2^42);
@@ -18,21 +17,26 @@
 //! entry's state equals the model's, and every reply is checked: `show rules` byte for byte,
 //! JSON shapes and values, `show sessions`/`show stats` layouts, match lines of
 //! `disable`/`enable`/`heartbeat`, and the invariants of the `(hb|unable|deadline)` triple.
+//! [ext] `block`/`unblock`/`show blocked [json]` are checked against a block list model:
+//! replies, expiry on the simulated clock, order by address, epoch deadlines, `?` with the
+//! three extension lines, and the `xdp` line / key of `show stats`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use g6::admin::{
-    self, Command, LineSplitter, SessionRow, ShowWhat, VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT,
-    parse_command,
+    self, AdminState, Clock, Command, Effect, LineSplitter, SessionRow, ShowWhat, VERB_DISABLE,
+    VERB_ENABLE, VERB_HEARTBEAT, XdpStats, parse_command,
 };
-use g6::config::{self, Config, render_rules};
-use g6::isolation::{Deadline, DownReason, Isolation, Now, State};
+use g6::config::{self, Config};
+use g6::guard::BlockList;
+use g6::isolation::{Deadline, DownReason, Now, State};
 use g6::runtime::{Runtime, lock};
 use serde_json::Value;
 
-use super::admin_command::spec_fixed_reply;
+use super::admin_command::{HELP_EXT, spec_fixed_reply};
 use super::common::{admin_tokens, array, digits, json_document, keys_in_order};
 
 /// Started config: a G rule with a server, repeated and IPv6 servers, heartbeats, moratorium.
@@ -59,6 +63,13 @@ r4 RD [::1]:* - [::1]:18606 > [::ffff:127.0.0.1]:18701 (heartbeat=1h) 127.0.0.1:
 /// Wall clock at the start of every run (with a millisecond part, to see truncation).
 const EPOCH_MS: u64 = 1_795_235_153_437;
 const MAX_SLEEP_MS: u64 = 1 << 42;
+/// Simulated time stops here (~280 years), so that monotonic ns plus a block of `u32::MAX`
+/// seconds stays far from `u64::MAX`.
+const MAX_TIME_MS: u64 = 1 << 43;
+/// README: at most 65 536 blocks in force.
+const MAX_BLOCKED: usize = 65_536;
+/// CLOCK_MONOTONIC (ns) at the start of a run: an agent up for 1000 s.
+const BASE_MONO_NS: u64 = 1_000_000_000_000;
 
 fn configs() -> &'static [Arc<Config>; 2] {
     static CONFIGS: OnceLock<[Arc<Config>; 2]> = OnceLock::new();
@@ -166,12 +177,40 @@ impl Entry {
     }
 }
 
+/// Model of one block: until when (simulated ms; `None` = until unblocked) and the epoch
+/// deadline `show blocked` prints.
+#[derive(Debug, Clone, Copy)]
+struct Blocked {
+    until_ms: Option<u64>,
+    deadline: u64,
+}
+
+impl Blocked {
+    fn active(&self, now_ms: u64) -> bool {
+        self.until_ms.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// The XDP counters `show stats` reports (the guard is not loaded here).
+fn xdp_stats() -> XdpStats {
+    XdpStats {
+        mode: "generic",
+        ifaces: vec!["lo".into(), "g6x0".into()],
+        dropped_blocked: 7,
+        dropped_not_allowed: 1 << 32,
+    }
+}
+
 struct Sim {
     base: Now,
     now_ms: u64,
     conf: usize,
     rt: Runtime,
     model: Vec<Vec<Entry>>,
+    /// The real block list (no XDP maps behind it), on the simulated monotonic clock.
+    blocks: BlockList,
+    /// Its model, by address (the order of `show blocked`).
+    blocked: BTreeMap<IpAddr, Blocked>,
 }
 
 pub fn check(data: &[u8]) {
@@ -217,6 +256,8 @@ impl Sim {
             conf: 0,
             rt: Runtime::new(cfg),
             model,
+            blocks: BlockList::default(),
+            blocked: BTreeMap::new(),
         }
     }
 
@@ -258,7 +299,7 @@ impl Sim {
         match toks.first().copied() {
             Some(b"@sleep") => {
                 if let Some(d) = toks.get(1).and_then(|t| digits(t)) {
-                    self.now_ms += d.min(MAX_SLEEP_MS);
+                    self.now_ms = (self.now_ms + d.min(MAX_SLEEP_MS)).min(MAX_TIME_MS);
                 }
             }
             Some(b"@tick") => self.tick(),
@@ -384,36 +425,53 @@ impl Sim {
         self.conf = next;
     }
 
-    /// `admin_conn::execute` over the runtime, with the reply checked.
+    /// One admin line through the server's own dispatcher (`g6::admin::execute`), the reply
+    /// checked against the model; false on `quit`.
     fn admin(&mut self, line: &[u8]) -> bool {
         let cmd = parse_command(line);
-        if let Some(fixed) = cmd.fixed_reply() {
-            assert_eq!(Some(fixed), spec_fixed_reply(&cmd), "{cmd:?}");
+        let clock = Clock {
+            now: self.now(),
+            mono_ns: BASE_MONO_NS + self.now_ms * 1_000_000,
+        };
+        let mut out = Vec::new();
+        let effect = {
+            let rows = || self.session_rows();
+            let state = AdminState {
+                runtime: &self.rt,
+                blocklist: &self.blocks,
+                sessions: &rows,
+                xdp: &xdp_stats,
+            };
+            admin::execute(&state, &cmd, clock, &mut out)
+        };
+        assert_eq!(effect == Effect::Close, cmd == Command::Quit, "{cmd:?}");
+        let spec = spec_fixed_reply(&cmd);
+        assert_eq!(cmd.fixed_reply(), spec, "{cmd:?}");
+        if let Some(mut want) = spec {
+            if cmd == Command::Help {
+                want.extend_from_slice(HELP_EXT.as_bytes());
+            }
+            assert_eq!(out, want, "{cmd:?}");
             return true;
         }
-        let now = self.now();
+        let reply = String::from_utf8(out).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         self.advance_model();
         match cmd {
-            Command::Quit => return false,
-            Command::Show { what, json } => self.show(what, json, now),
+            Command::Quit => {
+                assert_eq!(reply, "", "quit replies nothing");
+                return false;
+            }
+            Command::Show { what, json } => self.check_show(what, json, &reply),
             Command::Disable { ip, port, secs } => {
-                let reply = self.for_servers(ip, port, VERB_DISABLE, |iso, now| {
-                    iso.disable(secs, now);
-                    true
-                });
                 let state = match secs {
                     Some(t) => M::DownUntil(self.now_ms + ms(t), DownReason::Disabled),
                     None => M::Down(DownReason::Disabled),
                 };
-                self.expect_matches(&reply, ip, port, "unabled", |_| Some(state));
+                self.expect_matches(&reply, ip, port, VERB_DISABLE, |_| Some(state));
             }
             Command::Enable { ip, port, secs } => {
-                let reply = self.for_servers(ip, port, VERB_ENABLE, |iso, now| {
-                    iso.enable(secs, now);
-                    true
-                });
                 let until = secs.map(|t| self.now_ms + ms(t));
-                self.expect_matches(&reply, ip, port, "enabled", |e| {
+                self.expect_matches(&reply, ip, port, VERB_ENABLE, |e| {
                     Some(match until {
                         Some(t) if e.hb > 0 => M::UpUntil(t),
                         _ => M::Up,
@@ -421,36 +479,76 @@ impl Sim {
                 });
             }
             Command::Heartbeat { ip, port } => {
-                let reply =
-                    self.for_servers(ip, port, VERB_HEARTBEAT, |iso, now| iso.heartbeat(now));
                 let now_ms = self.now_ms;
-                self.expect_matches(&reply, ip, port, "heartbeat", |e| {
+                self.expect_matches(&reply, ip, port, VERB_HEARTBEAT, |e| {
                     (e.hb > 0).then(|| M::UpUntil(now_ms + ms(e.hb)))
                 });
             }
+            Command::Block { ip, secs } => self.block(&reply, ip, secs),
+            Command::Unblock { ip } => {
+                let was = self
+                    .blocked
+                    .remove(&ip)
+                    .is_some_and(|b| b.active(self.now_ms));
+                let want = if was {
+                    format!("{ip} unblocked\n")
+                } else {
+                    String::new()
+                };
+                assert_eq!(reply, want, "unblock {ip}");
+            }
+            Command::ShowBlocked { json } => self.check_blocked(json, &reply),
             other => panic!("{other:?} has a fixed reply"),
         }
         true
     }
 
-    /// As `admin_conn::for_servers`.
-    fn for_servers(
-        &self,
-        ip: IpAddr,
-        port: u16,
-        verb: &str,
-        op: impl Fn(&mut Isolation, Now) -> bool,
-    ) -> String {
-        let now = self.now();
-        let mut reply = String::new();
-        for (rule, server) in self.rt.servers_at(ip, port) {
-            let mut iso = lock(&server.isolation);
-            if op(&mut iso, now) {
-                let _ = iso.state_name(now);
-                reply.push_str(&admin::reply_matches(&rule.id, ip, port, verb));
-            }
+    /// README: `<ip> blocked`, replacing an earlier block; a source not yet blocked is
+    /// refused once 65 536 blocks are in force (`not blocked: list full`).
+    fn block(&mut self, reply: &str, ip: IpAddr, secs: Option<u32>) {
+        let now = self.now_ms;
+        let in_force = self.blocked.values().filter(|b| b.active(now)).count();
+        let known = self.blocked.get(&ip).is_some_and(|b| b.active(now));
+        if !known && in_force >= MAX_BLOCKED {
+            assert_eq!(reply, format!("{ip} not blocked: list full\n"));
+            return;
         }
-        reply
+        let b = match secs {
+            None => Blocked {
+                until_ms: None,
+                deadline: 0,
+            },
+            Some(s) => Blocked {
+                until_ms: Some(now + ms(s)),
+                deadline: (EPOCH_MS + now) / 1000 + u64::from(s),
+            },
+        };
+        self.blocked.insert(ip, b);
+        assert_eq!(reply, format!("{ip} blocked\n"), "block {ip} {secs:?}");
+    }
+
+    /// `show blocked [json]`: the blocks in force, by address, with their epoch deadlines.
+    fn check_blocked(&mut self, json: bool, reply: &str) {
+        let now = self.now_ms;
+        self.blocked.retain(|_, b| b.active(now));
+        if json {
+            let doc = json_document(reply);
+            let top = keys_in_order(&doc, &["blocked"], "show blocked json");
+            let items = array(&top["blocked"], "blocked");
+            assert_eq!(items.len(), self.blocked.len(), "{reply}");
+            for (js, (ip, b)) in items.iter().zip(&self.blocked) {
+                let o = keys_in_order(js, &["ip", "deadline"], "blocked entry");
+                assert_eq!(o["ip"], ip.to_string());
+                assert_eq!(o["deadline"], b.deadline);
+            }
+        } else {
+            let want: String = self
+                .blocked
+                .iter()
+                .map(|(ip, b)| format!("{ip} {}\n", b.deadline))
+                .collect();
+            assert_eq!(reply, want, "show blocked");
+        }
     }
 
     /// Applies `op` to the model entries at `ip:port` (`None`: ignored, no reply line) and
@@ -475,41 +573,26 @@ impl Sim {
         assert_eq!(reply, want, "{verb} {ip} {port}");
     }
 
-    fn show(&self, what: ShowWhat, json: bool, now: Now) {
-        let rt = &self.rt;
+    fn check_show(&self, what: ShowWhat, json: bool, reply: &str) {
         match (what, json) {
             (ShowWhat::Rules, false) => {
-                let reply =
-                    render_rules(&rt.config, &|ri, si| rt.rules[ri].servers[si].triple(now));
                 assert_eq!(
                     reply,
                     self.expected_rules_text(),
                     "show rules (SPEC.md §9.3)"
                 );
             }
-            (ShowWhat::Rules, true) => {
-                let reply = admin::render_rules_json(&rt.config, &|ri, si| {
-                    rt.server_state_view(ri, si, now)
-                });
-                self.check_rules_json(&reply);
-            }
+            (ShowWhat::Rules, true) => self.check_rules_json(reply),
             (ShowWhat::Sessions, json) => {
                 let rows = self.session_rows();
                 if json {
-                    check_sessions_json(&admin::render_sessions_json(&rows), &rows);
+                    check_sessions_json(reply, &rows);
                 } else {
-                    let reply = admin::render_sessions_text(&rows);
                     assert_eq!(reply, expected_sessions_text(&rows), "SPEC.md §9.4");
                 }
             }
-            (ShowWhat::Stats, json) => {
-                let stats = self.rt.stats(now);
-                if json {
-                    self.check_stats_json(&admin::render_stats_json(&stats));
-                } else {
-                    self.check_stats_text(&admin::render_stats_text(&stats));
-                }
-            }
+            (ShowWhat::Stats, true) => self.check_stats_json(reply),
+            (ShowWhat::Stats, false) => self.check_stats_text(reply),
         }
     }
 
@@ -648,12 +731,24 @@ impl Sim {
                 }
             }
         }
+        // README: the [ext] `xdp` line closes the reply.
+        let xdp = "xdp generic lo,g6x0 dropped_blocked=7 dropped_not_allowed=4294967296";
+        assert_eq!(lines.next(), Some(xdp), "{reply}");
         assert_eq!(lines.next(), None, "{reply}");
     }
 
     fn check_stats_json(&self, reply: &str) {
         let doc = json_document(reply);
-        let top = keys_in_order(&doc, &["rules"], "show stats json");
+        let top = keys_in_order(&doc, &["rules", "xdp"], "show stats json");
+        let xdp = keys_in_order(
+            &top["xdp"],
+            &["mode", "ifaces", "dropped_blocked", "dropped_not_allowed"],
+            "xdp",
+        );
+        assert_eq!(xdp["mode"], "generic");
+        assert_eq!(xdp["ifaces"], serde_json::json!(["lo", "g6x0"]));
+        assert_eq!(xdp["dropped_blocked"], 7);
+        assert_eq!(xdp["dropped_not_allowed"], 1u64 << 32);
         let rules = array(&top["rules"], "rules");
         assert_eq!(rules.len(), self.cfg().rules.len());
         let rule_keys = [

@@ -5,10 +5,13 @@
 //! * [`command`]: [`parse_command`] and the replies needing no runtime state (§9.2).
 //! * [`snapshot`]: plain-data views of runtime state that the server fills in.
 //! * [`render`] (text) and [`json`]: the `show` replies built from those snapshots (§9.4–§9.6).
+//! * [`dispatch`]: runs a command against the runtime and the block list (no socket, the
+//!   clock passed in); the server and the fuzz target `admin_dispatch` both call it.
 //!
 //! `show rules` text (§9.3) is rendered by the `config` module. Socket I/O lives elsewhere.
 
 pub mod command;
+pub mod dispatch;
 pub mod framing;
 pub mod json;
 pub mod render;
@@ -19,6 +22,7 @@ pub use command::{
     help_text, invalid_reply, parse_command, reply_block_full, reply_blocked, reply_matches,
     reply_unblocked, show_usage_reply, usage_reply,
 };
+pub use dispatch::{AdminState, Clock, Effect, execute, execute_line};
 pub use framing::{LineSplitter, LineTooLong, MAX_LINE};
 pub use json::{
     render_blocked_json, render_rules_json, render_sessions_json, render_stats_json,

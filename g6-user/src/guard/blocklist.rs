@@ -76,15 +76,26 @@ impl BlockList {
 
     /// Blocks `ip` for `secs` seconds (`None` = until unblocked), replacing an earlier block.
     pub fn block(&self, ip: IpAddr, secs: Option<u32>, now: Now) -> Result<Block, GuardError> {
-        let now_ns = mono_ns();
+        self.block_at(ip, secs, now, mono_ns())
+    }
+
+    /// [`Self::block`] at CLOCK_MONOTONIC `now_ns` (the admin dispatcher's clock).
+    pub fn block_at(
+        &self,
+        ip: IpAddr,
+        secs: Option<u32>,
+        now: Now,
+        now_ns: u64,
+    ) -> Result<Block, GuardError> {
         let block = match secs {
             None => Block {
                 mono_deadline_ns: 0,
                 epoch_deadline: 0,
             },
             Some(s) => Block {
-                mono_deadline_ns: now_ns + u64::from(s) * 1_000_000_000,
-                epoch_deadline: now.epoch_ms / 1000 + u64::from(s),
+                // Saturating: a simulated clock (fuzzing) may sit near the end of time.
+                mono_deadline_ns: now_ns.saturating_add(u64::from(s) * 1_000_000_000),
+                epoch_deadline: (now.epoch_ms / 1000).saturating_add(u64::from(s)),
             },
         };
         let mut entries = write(&self.entries);
@@ -103,11 +114,16 @@ impl BlockList {
 
     /// Removes `ip`; false if it was not blocked (or its block had expired).
     pub fn unblock(&self, ip: IpAddr) -> bool {
+        self.unblock_at(ip, mono_ns())
+    }
+
+    /// [`Self::unblock`] at CLOCK_MONOTONIC `now_ns`.
+    pub fn unblock_at(&self, ip: IpAddr, now_ns: u64) -> bool {
         let removed = write(&self.entries).remove(&ip);
         if let Some(m) = read(&self.mirror).as_ref() {
             m.remove(ip);
         }
-        removed.is_some_and(|b| b.active(mono_ns()))
+        removed.is_some_and(|b| b.active(now_ns))
     }
 
     /// Whether a client from `ip` is refused (admission).
@@ -118,8 +134,13 @@ impl BlockList {
 
     /// The blocks in force, by address; expired ones are dropped here.
     pub fn list(&self) -> Vec<(IpAddr, Block)> {
+        self.list_at(mono_ns())
+    }
+
+    /// [`Self::list`] at CLOCK_MONOTONIC `now_ns`.
+    pub fn list_at(&self, now_ns: u64) -> Vec<(IpAddr, Block)> {
         let mut entries = write(&self.entries);
-        self.purge(&mut entries, mono_ns());
+        self.purge(&mut entries, now_ns);
         entries.iter().map(|(ip, b)| (*ip, *b)).collect()
     }
 

@@ -1,8 +1,8 @@
 //! One admin connection (SPEC.md §9): every complete line is executed in order, whatever the
 //! segmentation; replies keep that order; a final unterminated line runs at EOF; an overlong
 //! line closes the connection. The work is small and in-memory, so it never blocks relaying.
+//! Commands run in `admin::dispatch` (no socket); this layer reads, writes and closes.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -10,18 +10,8 @@ use super::Shared;
 use super::registry::{Entry, ManagerInfo};
 use super::relay::CloseReason;
 use super::session::{Admitted, access_log};
-use crate::admin::{
-    self, Command, LineSplitter, SessionRow, ShowWhat, VERB_DISABLE, VERB_ENABLE, VERB_HEARTBEAT,
-};
-use crate::config::render_rules;
-use crate::isolation::Now;
-use crate::runtime::{Runtime, lock};
-
-/// Result of running one line.
-enum Outcome {
-    Continue,
-    Close,
-}
+use crate::admin::{self, AdminState, Clock, Effect, LineSplitter, SessionRow};
+use crate::runtime::lock;
 
 fn session_rows(shared: &Shared) -> Vec<SessionRow> {
     let mut rows: Vec<SessionRow> = shared
@@ -70,125 +60,16 @@ fn session_rows(shared: &Shared) -> Vec<SessionRow> {
     rows
 }
 
-/// Applies `op` to every server entry at `ip:port`; one reply line per entry it reports.
-fn for_servers(
-    rt: &Runtime,
-    ip: IpAddr,
-    port: u16,
-    verb: &str,
-    op: impl Fn(&mut crate::isolation::Isolation, Now) -> bool,
-) -> String {
-    let now = Now::now();
-    let mut reply = String::new();
-    for (rule, server) in rt.servers_at(ip, port) {
-        let mut iso = lock(&server.isolation);
-        if op(&mut iso, now) {
-            tracing::warn!(
-                "rule {}: server {} {verb} by admin; now {}",
-                rule.id,
-                server.text,
-                iso.state_name(now)
-            );
-            reply.push_str(&admin::reply_matches(&rule.id, ip, port, verb));
-        }
-    }
-    reply
-}
-
-/// `block`, `unblock`, `show blocked` [ext].
-fn block_command(shared: &Shared, command: &Command, now: Now) -> String {
-    let list = &shared.blocklist;
-    match *command {
-        Command::Block { ip, secs } => match list.block(ip, secs, now) {
-            Ok(_) => {
-                tracing::warn!(
-                    "{ip} blocked by admin{}",
-                    secs.map_or(String::new(), |s| format!(" for {s} s"))
-                );
-                admin::reply_blocked(ip)
-            }
-            Err(e) => {
-                tracing::warn!("block {ip}: {e}");
-                admin::reply_block_full(ip)
-            }
-        },
-        Command::Unblock { ip } if list.unblock(ip) => {
-            tracing::warn!("{ip} unblocked by admin");
-            admin::reply_unblocked(ip)
-        }
-        Command::ShowBlocked { json } => {
-            let entries: Vec<admin::BlockedEntry> = list
-                .list()
-                .into_iter()
-                .map(|(ip, b)| admin::BlockedEntry {
-                    ip,
-                    deadline: b.epoch_deadline,
-                })
-                .collect();
-            if json {
-                admin::render_blocked_json(&entries)
-            } else {
-                admin::render_blocked_text(&entries)
-            }
-        }
-        _ => String::new(),
-    }
-}
-
-fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Outcome {
-    let command = admin::parse_command(line);
-    if let Some(fixed) = command.fixed_reply() {
-        out.extend_from_slice(&fixed);
-        if command == Command::Help {
-            out.extend_from_slice(admin::help_ext_text().as_bytes());
-        }
-        return Outcome::Continue;
-    }
+/// Runs one line through the socket-free dispatcher with this worker's state.
+fn execute(shared: &Shared, line: &[u8], out: &mut Vec<u8>) -> Effect {
     let rt = shared.runtime();
-    let now = Now::now();
-    let reply = match command {
-        Command::Quit => return Outcome::Close,
-        Command::Show { what, json } => match (what, json) {
-            (ShowWhat::Rules, false) => {
-                render_rules(&rt.config, &|ri, si| rt.rules[ri].servers[si].triple(now))
-            }
-            (ShowWhat::Rules, true) => {
-                admin::render_rules_json(&rt.config, &|ri, si| rt.server_state_view(ri, si, now))
-            }
-            (ShowWhat::Sessions, false) => admin::render_sessions_text(&session_rows(shared)),
-            (ShowWhat::Sessions, true) => admin::render_sessions_json(&session_rows(shared)),
-            (ShowWhat::Stats, false) => {
-                let mut text = admin::render_stats_text(&rt.stats(now));
-                text.push_str(&admin::render_xdp_text(&crate::guard::stats()));
-                text
-            }
-            (ShowWhat::Stats, true) => {
-                admin::render_stats_json_with_xdp(&rt.stats(now), &crate::guard::stats())
-            }
-        },
-        Command::Block { .. } | Command::Unblock { .. } | Command::ShowBlocked { .. } => {
-            block_command(shared, &command, now)
-        }
-        Command::Disable { ip, port, secs } => {
-            for_servers(&rt, ip, port, VERB_DISABLE, |iso, now| {
-                iso.disable(secs, now);
-                true
-            })
-        }
-        Command::Enable { ip, port, secs } => {
-            for_servers(&rt, ip, port, VERB_ENABLE, |iso, now| {
-                iso.enable(secs, now);
-                true
-            })
-        }
-        Command::Heartbeat { ip, port } => {
-            for_servers(&rt, ip, port, VERB_HEARTBEAT, |iso, now| iso.heartbeat(now))
-        }
-        // Handled by `fixed_reply` above.
-        _ => String::new(),
+    let state = AdminState {
+        runtime: &rt,
+        blocklist: &shared.blocklist,
+        sessions: &|| session_rows(shared),
+        xdp: &crate::guard::stats,
     };
-    out.extend_from_slice(reply.as_bytes());
-    Outcome::Continue
+    admin::execute_line(&state, line, Clock::read(), out)
 }
 
 async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
@@ -233,7 +114,7 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ManagerInfo>) {
         }
         let mut close = too_long || at_eof;
         for line in lines.drain(..) {
-            if let Outcome::Close = execute(&shared, &line, &mut out) {
+            if let Effect::Close = execute(&shared, &line, &mut out) {
                 close = true;
                 break;
             }
