@@ -9,7 +9,7 @@ use aya::{
 };
 use g6_common::{ConnState, MAP_BUDGET, MAP_CONNS, MAP_PEERS, MAP_SOCKS, PROG_VERDICT};
 
-use super::{EBPF_OBJECT, FastPathError};
+use super::FastPathError;
 
 /// The loaded fast path: the verdict program attached to `G6_SOCKS`, and the maps the agent
 /// drives. Nothing is pinned: everything lives as long as this value (sockets still in the map
@@ -39,7 +39,7 @@ impl FastPath {
             return Err(FastPathError::NoObject);
         }
         raise_memlock();
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(FastPathError::Load)?;
+        let mut ebpf = super::load_object().map_err(FastPathError::Load)?;
 
         let socks: SockHash<MapData, u64> = take(&mut ebpf, MAP_SOCKS)?;
         let peers: HashMap<MapData, u64, u64> = take(&mut ebpf, MAP_PEERS)?;

@@ -98,7 +98,7 @@ impl Guard {
         if !crate::fastpath::object_embedded() {
             return Err(GuardError::NoObject);
         }
-        let mut ebpf = Ebpf::load(crate::fastpath::EBPF_OBJECT)
+        let mut ebpf = crate::fastpath::load_object()
             .map_err(|e| GuardError::Load(GuardError::chain(&e)))?;
         let state = Arc::new(XdpState {
             blocks: Arc::new(BlockMaps {
