@@ -61,6 +61,15 @@ pub fn new_socket(addr: SocketAddr) -> Result<TcpSocket, ConnectError> {
     Ok(socket)
 }
 
+/// Asks the kernel to hold back the ACK that completes the handshake with the server, so it
+/// travels with the client's first bytes: a packet less, and the server accepts and reads in
+/// one wake-up (HAProxy's `tcp-smart-connect`). Only when those bytes are already waiting,
+/// or a server that speaks first would wait for the delayed-ACK timer (200 ms). Best effort:
+/// a failure only costs the packet.
+pub fn delay_handshake_ack(socket: &TcpSocket) {
+    let _ = socket2::SockRef::from(socket).set_tcp_quickack(false);
+}
+
 /// Connects `socket` to `addr`; `timeout` zero means no G6 limit (the kernel's SYN retries).
 pub async fn connect(
     socket: TcpSocket,

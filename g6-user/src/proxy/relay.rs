@@ -131,6 +131,14 @@ impl Traffic {
         self.start + Duration::from_millis(self.last_ms.load(Relaxed))
     }
 
+    /// Whether `side`'s EOF has been read.
+    pub fn eof_seen(&self, side: Side) -> bool {
+        match side {
+            Side::Client => self.client_eof.load(Relaxed),
+            Side::Server => self.server_eof.load(Relaxed),
+        }
+    }
+
     pub fn mark_eof(&self, side: Side) {
         match side {
             Side::Client => self.client_eof.store(true, Relaxed),
@@ -211,6 +219,8 @@ struct Pump<'a> {
 enum Copied {
     Eof,
     Bytes(usize),
+    /// Bytes, then the sender's FIN right behind them: both already passed on.
+    Last,
     /// Spurious readiness, or an EOF the gate does not take as final yet.
     Nothing,
 }
@@ -286,8 +296,17 @@ impl Pump<'_> {
 
     /// EOF from `from`: every earlier byte is delivered, so send the FIN on.
     fn eof(&self) -> Result<(), PumpError> {
-        self.meters.traffic.touch();
-        self.meters.traffic.mark_eof(self.side);
+        let traffic = self.meters.traffic;
+        traffic.touch();
+        // The other direction ended already: the session closes both sockets right after
+        // this, and close(2) sends the FIN (nothing is unread on `to`: its EOF was read),
+        // so the shutdown would be a syscall for nothing. Not with a gate: the sockmap path
+        // marks EOFs the kernel relayed too.
+        let both_done = self.eof_gate.is_none() && traffic.eof_seen(other(self.side));
+        traffic.mark_eof(self.side);
+        if both_done {
+            return Ok(());
+        }
         match SockRef::from(self.to).shutdown(std::net::Shutdown::Write) {
             Ok(()) => Ok(()),
             // The other side is already gone entirely; nothing left to deliver to it.
@@ -322,9 +341,18 @@ impl Pump<'_> {
         Box::pin(self.wait_writable()).await
     }
 
-    async fn write_all(&self, mut data: &[u8]) -> Result<(), PumpError> {
+    /// Writes all of `data`; `more`: hold a last partial segment for the FIN that follows
+    /// (MSG_MORE), so the bytes and the FIN leave as one segment.
+    async fn write_all(&self, mut data: &[u8], more: bool) -> Result<(), PumpError> {
+        let fd = self.to.as_raw_fd();
+        let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
         while !data.is_empty() {
-            match self.to.try_write(data) {
+            let sent = self.to.try_io(Interest::WRITABLE, || {
+                // SAFETY: sends from a slice we borrow on a descriptor `to` keeps open.
+                let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), flags) };
+                usize::try_from(n).map_err(|_| io::Error::last_os_error())
+            });
+            match sent {
                 Ok(n) => {
                     self.delivered(n);
                     data = &data[n..];
@@ -338,8 +366,13 @@ impl Pump<'_> {
         Ok(())
     }
 
-    /// One read through a pooled buffer, and the write of what it got.
-    async fn copy_once(&self, gated_since: &mut Option<Instant>) -> Result<Copied, PumpError> {
+    /// One read through a pooled buffer, and the write of what it got. `fin_announced`: the
+    /// readiness that woke us reported the sender's FIN (EPOLLRDHUP).
+    async fn copy_once(
+        &self,
+        gated_since: &mut Option<Instant>,
+        fin_announced: bool,
+    ) -> Result<Copied, PumpError> {
         let mut buf = pool::take_buffer();
         let result = read_draining(self.from, &mut buf);
         match result {
@@ -354,10 +387,15 @@ impl Pump<'_> {
             Ok(n) => {
                 self.read.fetch_add(n as u64, Relaxed);
                 self.server_bytes_arrived();
-                let written = self.write_all(&buf[..n]).await;
+                // The FIN came with these bytes (a response and its close): pass both on in
+                // one segment, a packet less for the receiver and one ACK less back. Only
+                // after a short read (the queue is drained) and without a gate (sockmap).
+                let last =
+                    fin_announced && self.eof_gate.is_none() && n < buf.len() && at_eof(self.from);
+                let written = self.write_all(&buf[..n], last).await;
                 pool::give_buffer(buf);
                 written?;
-                Ok(Copied::Bytes(n))
+                Ok(if last { Copied::Last } else { Copied::Bytes(n) })
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 pool::give_buffer(buf);
@@ -373,8 +411,9 @@ impl Pump<'_> {
     async fn run_copy(&self) -> Result<(), PumpError> {
         let mut gated_since = None;
         loop {
-            self.from.readable().await.map_err(|e| self.read_error(e))?;
-            if let Copied::Eof = self.copy_once(&mut gated_since).await? {
+            let ready = self.from.ready(Interest::READABLE).await;
+            let fin = ready.map_err(|e| self.read_error(e))?.is_read_closed();
+            if let Copied::Eof | Copied::Last = self.copy_once(&mut gated_since, fin).await? {
                 return self.eof();
             }
         }
@@ -389,10 +428,11 @@ impl Pump<'_> {
         let to_fd = self.to.as_raw_fd();
         let mut bulk = false;
         loop {
-            self.from.readable().await.map_err(|e| self.read_error(e))?;
+            let ready = self.from.ready(Interest::READABLE).await;
+            let fin = ready.map_err(|e| self.read_error(e))?.is_read_closed();
             if !bulk {
-                match self.copy_once(&mut None).await? {
-                    Copied::Eof => return self.eof(),
+                match self.copy_once(&mut None, fin).await? {
+                    Copied::Eof | Copied::Last => return self.eof(),
                     Copied::Bytes(n) => bulk = n == pool::BUFFER_SIZE,
                     Copied::Nothing => {}
                 }
@@ -473,6 +513,21 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         Err(e) if short > 0 && e.kind() == io::ErrorKind::WouldBlock => Ok(short),
         r => r,
     }
+}
+
+/// True if the next read of `from` would be its EOF (peeked: a byte is never taken).
+fn at_eof(from: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks into a byte we own from a descriptor `from` keeps open.
+    let n = unsafe {
+        libc::recv(
+            from.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 /// Bytes TCP moved on both sockets (acknowledged by each peer + received from it). It grows

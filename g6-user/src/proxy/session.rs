@@ -76,6 +76,15 @@ async fn client_reset(client: &TcpStream) {
     let _ = client.ready(Interest::ERROR).await;
 }
 
+/// Whether the client's first bytes are waiting in its socket (FIONREAD; tokio's readiness
+/// cannot tell: it reports a freshly accepted socket readable).
+fn client_bytes_waiting(client: &TcpStream) -> bool {
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int we own; the descriptor is the client's, kept open.
+    let r = unsafe { libc::ioctl(client.as_raw_fd(), libc::FIONREAD, &raw mut waiting) };
+    r == 0 && waiting > 0
+}
+
 enum Attempt {
     Connected(TcpStream, Chosen),
     Failed(CloseReason),
@@ -103,6 +112,12 @@ async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> 
             Ok(socket) => {
                 *lock(&info.server) = Some((addr, socket.as_raw_fd()));
                 let timeout = Duration::from_secs(server.entry.connect_timeout_via(listen).into());
+                // Bytes the client sent already will go out as soon as the connect completes:
+                // let the handshake's last ACK ride with them (not for sockmap, whose
+                // hand-over of early bytes is its own).
+                if shared.data_path != DataPath::Sockmap && client_bytes_waiting(&a.client) {
+                    connect::delay_handshake_ack(&socket);
+                }
                 tokio::select! {
                     r = connect::connect(socket, addr, timeout) => r,
                     _ = client_reset(&a.client) => return Attempt::Failed(CloseReason::ClientReset),
