@@ -361,17 +361,20 @@ fn set_nofile(pid: i32, limit: u64) {
     assert_eq!(r, 0, "prlimit({pid}): {}", std::io::Error::last_os_error());
 }
 
-#[test]
-fn usr2_successor_whose_worker_cannot_start_leaves_the_old_generation_serving() {
+/// g6 with `-t 8` on one listener to `Identify` backend "s1": (s1, listener, g6, its worker).
+fn start_with_8_relay_threads() -> (Backend, PreBound, G6Proc, i32) {
     let s1 = Backend::identify("s1");
     let l = PreBound::tcp("127.0.0.1:0");
-    let g6 = start_with(
-        &format!("r RR *:* - {l} > {} ;\n", s1.addr()),
-        &[&l],
-        &["-t", "8"],
-    );
+    let conf = format!("r RR *:* - {l} > {} ;\n", s1.addr());
+    let g6 = start_with(&conf, &[&l], &["-t", "8"]);
+    let worker = children(g6.pid())[0];
+    (s1, l, g6, worker)
+}
+
+#[test]
+fn usr2_successor_whose_worker_cannot_start_leaves_the_old_generation_serving() {
+    let (_s1, l, g6, old_worker) = start_with_8_relay_threads();
     let old = g6.pid();
-    let old_worker = children(old)[0];
     // The successor inherits this limit and raises its soft limit only up to it: 24 leaves
     // its monitor room (it holds ~9) but not its worker, whose 8 relay runtimes need ~50.
     // So the fork succeeds and the worker fails after it.
@@ -419,15 +422,8 @@ fn usr2_successor_whose_worker_cannot_start_leaves_the_old_generation_serving() 
 
 #[test]
 fn usr2_old_generation_steps_back_only_once_the_successors_worker_serves() {
-    let s1 = Backend::identify("s1");
-    let l = PreBound::tcp("127.0.0.1:0");
     // 8 relay threads: the successor's worker needs a while between its fork and serving.
-    let g6 = start_with(
-        &format!("r RR *:* - {l} > {} ;\n", s1.addr()),
-        &[&l],
-        &["-t", "8"],
-    );
-    let old_worker = children(g6.pid())[0];
+    let (_s1, l, g6, old_worker) = start_with_8_relay_threads();
     g6.signal(Signal::SIGUSR2);
     g6.expect_log("the old generation stepping back", WAIT_TIMEOUT, |t| {
         t.contains("this generation stops accepting and drains")

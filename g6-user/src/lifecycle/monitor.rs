@@ -131,17 +131,17 @@ pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
         drop(fds);
 
         if worker_reported
-            && let Some(w) = worker.as_mut()
-            && read_report(w) == Report::Serving
+            && worker
+                .as_mut()
+                .is_some_and(|w| read_report(w) == Report::Serving)
             && !announced
         {
             announced = true;
             if !announce(&m, ready.take()) {
                 // Nobody may count on this generation: finish what the worker took on, exit 1.
-                m.listeners.clear();
                 draining = true;
                 exit_code = 1;
-                let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
+                start_drain(&mut m, &worker);
             }
         }
 
@@ -151,15 +151,11 @@ pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
                     "USR2: successor {} is serving; this generation stops accepting and drains",
                     s.pid
                 );
-                m.listeners.clear();
                 draining = true;
                 restart_at = None;
-                match &worker {
-                    Some(w) => {
-                        let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
-                    }
-                    // Between a worker's crash and its restart: nothing to drain.
-                    None => return 0,
+                // Between a worker's crash and its restart: nothing to drain.
+                if !start_drain(&mut m, &worker) {
+                    return 0;
                 }
             } else {
                 tracing::error!(
@@ -206,14 +202,10 @@ pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
             Signal::SIGTERM => {
                 tracing::info!("TERM: listeners closed; waiting for sessions to finish");
                 notify(&[sd_notify::NotifyState::Stopping]);
-                m.listeners.clear();
                 draining = true;
                 restart_at = None;
-                match &worker {
-                    Some(w) => {
-                        let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
-                    }
-                    None => return 0,
+                if !start_drain(&mut m, &worker) {
+                    return 0;
                 }
             }
             Signal::SIGINT => {
@@ -381,6 +373,19 @@ fn describe_successor(s: &Successor) -> String {
         }
         Some(WaitStatus::StillAlive) | None => "no status yet".into(),
         Some(st) => describe(&st),
+    }
+}
+
+/// Closes our copies of the listeners and tells the worker to drain; false if there is no
+/// worker (nothing to wait for).
+fn start_drain(m: &mut Monitor, worker: &Option<Running>) -> bool {
+    m.listeners.clear();
+    match worker {
+        Some(w) => {
+            let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
+            true
+        }
+        None => false,
     }
 }
 
