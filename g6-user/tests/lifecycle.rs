@@ -550,9 +550,21 @@ fn systemd_is_notified_of_readiness_main_pid_and_stop() {
     assert!(msg.contains("READY=1"), "{msg}");
     assert!(msg.contains(&format!("MAINPID={}", g6.pid())), "{msg}");
     assert_eq!(identify(l.addr()), "s1");
+    // A worker restarted after a crash serves without announcing the start again.
+    let crashed = children(g6.pid())[0];
+    signal_pid(crashed, Signal::SIGKILL);
+    g6.expect_log("the restarted worker serving", WAIT_TIMEOUT, |t| {
+        t.lines().any(|l| {
+            logged_by(l).is_some_and(|p| p != crashed && l.contains(&format!("worker {p} serving")))
+        })
+    });
     g6.signal(Signal::SIGTERM);
     let n = notify.recv(&mut buf).expect("no stop notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        msg.contains("STOPPING=1") && !msg.contains("READY=1"),
+        "{msg}"
+    );
     assert_eq!(g6.wait_exit(WAIT_TIMEOUT).and_then(|s| s.code()), Some(0));
 }
 
