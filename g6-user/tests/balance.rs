@@ -181,8 +181,12 @@ fn ms_fails_over_and_never_fails_back() {
     assert_eq!(server_stats(a.addr(), "ms", sb)["total"], 7);
 }
 
-#[test]
-fn lc_picks_the_server_with_fewest_active_connections() {
+/// `Identify` backends s1, s2, s3 behind rule `rule` (`<rule> <method> *:* - l > s1 s2 s3`)
+/// with an admin listener: ((s1, s2, s3), admin, l, g6).
+fn three_servers(
+    rule: &str,
+    method: &str,
+) -> ((Backend, Backend, Backend), PreBound, PreBound, G6Proc) {
     let (s1, s2, s3) = (
         Backend::identify("s1"),
         Backend::identify("s2"),
@@ -190,12 +194,18 @@ fn lc_picks_the_server_with_fewest_active_connections() {
     );
     let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
     let conf = format!(
-        "admin G 127.0.0.1:* - {a} ;\nlc LC *:* - {l} > {} {} {} ;\n",
+        "admin G 127.0.0.1:* - {a} ;\n{rule} {method} *:* - {l} > {} {} {} ;\n",
         s1.addr(),
         s2.addr(),
         s3.addr()
     );
     let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
+    ((s1, s2, s3), a, l, g6)
+}
+
+#[test]
+fn lc_picks_the_server_with_fewest_active_connections() {
+    let ((s1, _s2, s3), a, l, g6) = three_servers("lc", "LC");
 
     // Held open: one on each server (ties go to scan order).
     let mut held: Vec<(String, TcpStream)> = (0..3).map(|_| connect_identify(l.addr())).collect();
@@ -346,19 +356,7 @@ fn rt_prefers_the_faster_server_on_every_data_path() {
 
 #[test]
 fn rd_uses_only_eligible_servers_roughly_uniformly() {
-    let (s1, s2, s3) = (
-        Backend::identify("s1"),
-        Backend::identify("s2"),
-        Backend::identify("s3"),
-    );
-    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
-    let conf = format!(
-        "admin G 127.0.0.1:* - {a} ;\nrd RD *:* - {l} > {} {} {} ;\n",
-        s1.addr(),
-        s2.addr(),
-        s3.addr()
-    );
-    let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
+    let ((s1, s2, s3), a, l, g6) = three_servers("rd", "RD");
     admin(
         a.addr(),
         &format!("disable {} {}", s2.addr().ip(), s2.addr().port()),

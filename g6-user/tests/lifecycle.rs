@@ -47,10 +47,17 @@ fn signal_pid(pid: i32, sig: Signal) {
 
 /// Starts g6 with `--pid-file <dir>/g6.pid`, so tests can follow USR2 successors.
 fn start(conf: &str, listeners: &[&PreBound]) -> G6Proc {
+    start_with(conf, listeners, &[])
+}
+
+/// `start` with more flags.
+fn start_with(conf: &str, listeners: &[&PreBound], extra: &[&str]) -> G6Proc {
     let dir = G6Proc::conf_dir(conf);
     let pid_file = dir.path().join("g6.pid");
     let pid_file = pid_file.to_str().unwrap();
-    let args = G6Proc::standard_args(dir.path(), &["--data-path", "copy", "--pid-file", pid_file]);
+    let mut flags = vec!["--data-path", "copy", "--pid-file", pid_file];
+    flags.extend(extra);
+    let args = G6Proc::standard_args(dir.path(), &flags);
     let g6 = G6Proc::launch(
         std::path::Path::new(support::g6proc::G6_BIN),
         &args,
@@ -324,6 +331,122 @@ fn usr2_with_a_bad_config_keeps_the_old_generation() {
     assert!(g6.is_running());
 }
 
+/// The PID a log line was written by (`… | LEVEL | pid:tid | message`).
+fn logged_by(line: &str) -> Option<i32> {
+    line.split(" | ")
+        .nth(2)?
+        .split(':')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The successor PID the old monitor logged at USR2.
+fn started_successor(log: &str) -> i32 {
+    log.lines()
+        .find_map(|l| l.split("USR2: started successor ").nth(1))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no successor logged\n{log}"))
+}
+
+/// Sets both RLIMIT_NOFILE limits of `pid` (a child inherits them through fork and exec).
+fn set_nofile(pid: i32, limit: u64) {
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: valid pointer; changes the limits of a g6 monitor this test started.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit({pid}): {}", std::io::Error::last_os_error());
+}
+
+/// g6 with `-t 8` on one listener to `Identify` backend "s1": (s1, listener, g6, its worker).
+fn start_with_8_relay_threads() -> (Backend, PreBound, G6Proc, i32) {
+    let s1 = Backend::identify("s1");
+    let l = PreBound::tcp("127.0.0.1:0");
+    let conf = format!("r RR *:* - {l} > {} ;\n", s1.addr());
+    let g6 = start_with(&conf, &[&l], &["-t", "8"]);
+    let worker = children(g6.pid())[0];
+    (s1, l, g6, worker)
+}
+
+#[test]
+fn usr2_successor_whose_worker_cannot_start_leaves_the_old_generation_serving() {
+    let (_s1, l, g6, old_worker) = start_with_8_relay_threads();
+    let old = g6.pid();
+    // The successor inherits this limit and raises its soft limit only up to it: 24 leaves
+    // its monitor room (it holds ~9) but not its worker, whose 8 relay runtimes need ~50.
+    // So the fork succeeds and the worker fails after it.
+    set_nofile(old, 24);
+    g6.signal(Signal::SIGUSR2);
+    g6.expect_log(
+        "the old monitor seeing the failed successor",
+        WAIT_TIMEOUT,
+        |t| t.contains("USR2: successor") && t.contains("failed before serving"),
+    );
+    let log = g6.log_contents();
+    let successor = started_successor(&log);
+    let failed = log
+        .lines()
+        .find(|l| l.contains("worker: cannot start the relay threads: Too many open files"))
+        .and_then(logged_by)
+        .unwrap_or_else(|| panic!("the successor's worker did not fail as set up\n{log}"));
+    assert!(
+        ![old, old_worker, successor].contains(&failed),
+        "the failure was not in the successor's worker ({failed})\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "worker {failed} failed before serving (exit status 1); exiting without the G6_READY_FD byte"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "USR2: successor {successor} failed before serving (exit status 1); still serving"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("stops accepting"),
+        "the old generation stepped back\n{log}"
+    );
+    assert!(wait_until(WAIT_TIMEOUT, || !alive(successor)));
+    assert_eq!(pid_file_pid(&g6), Some(old));
+    assert!(alive(old_worker), "the old worker was stopped");
+    for _ in 0..5 {
+        assert_eq!(identify(l.addr()), "s1");
+    }
+}
+
+#[test]
+fn usr2_old_generation_steps_back_only_once_the_successors_worker_serves() {
+    // 8 relay threads: the successor's worker needs a while between its fork and serving.
+    let (_s1, l, g6, old_worker) = start_with_8_relay_threads();
+    g6.signal(Signal::SIGUSR2);
+    g6.expect_log("the old generation stepping back", WAIT_TIMEOUT, |t| {
+        t.contains("this generation stops accepting and drains")
+    });
+    // Every log line is one O_APPEND write, so the file's order is the order of events.
+    let log = g6.log_contents();
+    let successor = started_successor(&log);
+    let lines: Vec<&str> = log.lines().collect();
+    let stepped_back = lines
+        .iter()
+        .position(|l| l.contains(&format!("USR2: successor {successor} is serving")))
+        .unwrap_or_else(|| panic!("no hand-over to {successor}\n{log}"));
+    let new_worker_serving = lines.iter().position(|l| {
+        logged_by(l)
+            .is_some_and(|pid| pid != old_worker && l.contains(&format!("worker {pid} serving")))
+    });
+    assert!(
+        new_worker_serving.is_some_and(|i| i < stepped_back),
+        "the old generation stepped back before the successor's worker served\n{log}"
+    );
+    assert_eq!(identify(l.addr()), "s1");
+}
+
 #[test]
 fn restarts_and_reloads_under_load_lose_nothing() {
     const ROUNDS: usize = 20;
@@ -427,9 +550,21 @@ fn systemd_is_notified_of_readiness_main_pid_and_stop() {
     assert!(msg.contains("READY=1"), "{msg}");
     assert!(msg.contains(&format!("MAINPID={}", g6.pid())), "{msg}");
     assert_eq!(identify(l.addr()), "s1");
+    // A worker restarted after a crash serves without announcing the start again.
+    let crashed = children(g6.pid())[0];
+    signal_pid(crashed, Signal::SIGKILL);
+    g6.expect_log("the restarted worker serving", WAIT_TIMEOUT, |t| {
+        t.lines().any(|l| {
+            logged_by(l).is_some_and(|p| p != crashed && l.contains(&format!("worker {p} serving")))
+        })
+    });
     g6.signal(Signal::SIGTERM);
     let n = notify.recv(&mut buf).expect("no stop notification");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        msg.contains("STOPPING=1") && !msg.contains("READY=1"),
+        "{msg}"
+    );
     assert_eq!(g6.wait_exit(WAIT_TIMEOUT).and_then(|s| s.code()), Some(0));
 }
 

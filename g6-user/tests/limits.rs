@@ -31,26 +31,64 @@ fn close_and_wait(g6: &G6Proc, s: TcpStream) {
     wait_access(g6, me);
 }
 
+/// g6 with an admin listener `a` and rule `c` (`c RR <clients> - <l> > <s1>`), after the
+/// global block `global` (with its `;`, or empty).
+struct ClientLimits {
+    _s1: Backend,
+    a: PreBound,
+    l: PreBound,
+    g6: G6Proc,
+}
+
+impl ClientLimits {
+    fn start(global: &str, clients: &str) -> ClientLimits {
+        let s1 = Backend::identify("s1");
+        let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
+        let conf = format!(
+            "{global}admin G 127.0.0.1:* - {a} ;\nc RR {clients} - {l} > {} ;\n",
+            s1.addr()
+        );
+        let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
+        ClientLimits { _s1: s1, a, l, g6 }
+    }
+
+    /// Admits a client from `ip` (the connection, held open).
+    fn admit(&self, ip: &str) -> TcpStream {
+        identify_from(ip, self.l.addr()).1
+    }
+
+    /// Closes `s` (waiting until its counts are free), then expects one client from
+    /// `admitted` in and the next from `refused` out; returns the admitted connection.
+    fn release_then_admit_one(&self, s: TcpStream, admitted: &str, refused: &str) -> TcpStream {
+        close_and_wait(&self.g6, s);
+        let c = self.admit(admitted);
+        refused_from(refused, self.l.addr());
+        c
+    }
+
+    /// Expects a client from `ip` refused for a client limit, logged as such.
+    fn expect_client_limit(&self, ip: &str) {
+        let me = refused_from(ip, self.l.addr());
+        assert_eq!(
+            wait_access(&self.g6, me),
+            refused_line("c", me, self.l.addr(), "client_limit")
+        );
+    }
+}
+
 #[test]
 fn client_max_connections_per_entry() {
-    let s1 = Backend::identify("s1");
-    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
     // Two entries with their own counters; the first matching one applies.
-    let conf = format!(
-        "admin G 127.0.0.1:* - {a} ;\n\
-         c RR ( max_connections = 2 ) 127.0.0.2:* 127.0.0.*:* ( max_connections = 1 ) - {l} > {} ;\n",
-        s1.addr()
+    let t = ClientLimits::start(
+        "",
+        "( max_connections = 2 ) 127.0.0.2:* 127.0.0.*:* ( max_connections = 1 )",
     );
-    let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
-    let c1 = identify_from("127.0.0.2", l.addr()).1;
-    let c2 = identify_from("127.0.0.2", l.addr()).1;
-    let me = refused_from("127.0.0.2", l.addr());
-    assert_eq!(
-        wait_access(&g6, me),
-        refused_line("c", me, l.addr(), "client_limit")
-    );
+    let (a, l) = (&t.a, &t.l);
+    let c1 = t.admit("127.0.0.2");
+    let c2 = t.admit("127.0.0.2");
+    t.expect_client_limit("127.0.0.2");
     // The second entry counts for itself.
-    let c3 = identify_from("127.0.0.3", l.addr()).1;
+    let c3 = t.admit("127.0.0.3");
     refused_from("127.0.0.4", l.addr());
     let r = rule_stats(a.addr(), "c");
     assert_eq!(
@@ -64,67 +102,39 @@ fn client_max_connections_per_entry() {
     );
 
     // Releasing one connection admits exactly one more.
-    close_and_wait(&g6, c1);
-    let c4 = identify_from("127.0.0.2", l.addr()).1;
-    refused_from("127.0.0.2", l.addr());
-    close_and_wait(&g6, c3);
-    let _c5 = identify_from("127.0.0.4", l.addr()).1;
-    refused_from("127.0.0.3", l.addr());
+    let c4 = t.release_then_admit_one(c1, "127.0.0.2", "127.0.0.2");
+    let _c5 = t.release_then_admit_one(c3, "127.0.0.4", "127.0.0.3");
     drop((c2, c4));
 }
 
 #[test]
 fn client_max_ip_counts_distinct_addresses() {
-    let s1 = Backend::identify("s1");
-    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
-    let conf = format!(
-        "admin G 127.0.0.1:* - {a} ;\nc RR 127.0.0.*:* ( max_ip = 2 ) - {l} > {} ;\n",
-        s1.addr()
-    );
-    let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
-    let c2a = identify_from("127.0.0.2", l.addr()).1;
-    let c3a = identify_from("127.0.0.3", l.addr()).1;
-    let c3b = identify_from("127.0.0.3", l.addr()).1;
-    let me = refused_from("127.0.0.4", l.addr());
-    assert_eq!(
-        wait_access(&g6, me),
-        refused_line("c", me, l.addr(), "client_limit")
-    );
+    let t = ClientLimits::start("", "127.0.0.*:* ( max_ip = 2 )");
+    let (l, g6) = (&t.l, &t.g6);
+    let c2a = t.admit("127.0.0.2");
+    let c3a = t.admit("127.0.0.3");
+    let c3b = t.admit("127.0.0.3");
+    t.expect_client_limit("127.0.0.4");
     // Known addresses are still admitted.
-    let c2b = identify_from("127.0.0.2", l.addr()).1;
+    let c2b = t.admit("127.0.0.2");
     // 127.0.0.3 keeps a connection: still two addresses.
-    close_and_wait(&g6, c3a);
+    close_and_wait(g6, c3a);
     refused_from("127.0.0.4", l.addr());
     // Its last connection gone, a new address fits.
-    close_and_wait(&g6, c3b);
-    let _c4 = identify_from("127.0.0.4", l.addr()).1;
-    refused_from("127.0.0.3", l.addr());
+    let _c4 = t.release_then_admit_one(c3b, "127.0.0.4", "127.0.0.3");
     drop((c2a, c2b));
 }
 
 #[test]
 fn client_max_connections_per_ip() {
-    let s1 = Backend::identify("s1");
-    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
-    let conf = format!(
-        "( max_connections_per_ip = 2 ) ;\nadmin G 127.0.0.1:* - {a} ;\nc RR *:* - {l} > {} ;\n",
-        s1.addr()
-    );
-    let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
-    let c1 = identify_from("127.0.0.2", l.addr()).1;
-    let c2 = identify_from("127.0.0.2", l.addr()).1;
-    let me = refused_from("127.0.0.2", l.addr());
-    assert_eq!(
-        wait_access(&g6, me),
-        refused_line("c", me, l.addr(), "client_limit")
-    );
-    let others: Vec<_> = (0..2)
-        .map(|_| identify_from("127.0.0.3", l.addr()).1)
-        .collect();
+    let t = ClientLimits::start("( max_connections_per_ip = 2 ) ;\n", "*:*");
+    let (a, l) = (&t.a, &t.l);
+    let c1 = t.admit("127.0.0.2");
+    let c2 = t.admit("127.0.0.2");
+    t.expect_client_limit("127.0.0.2");
+    let others: Vec<_> = (0..2).map(|_| t.admit("127.0.0.3")).collect();
     refused_from("127.0.0.3", l.addr());
-    close_and_wait(&g6, c1);
-    let c3 = identify_from("127.0.0.2", l.addr()).1;
-    refused_from("127.0.0.2", l.addr());
+    let c3 = t.release_then_admit_one(c1, "127.0.0.2", "127.0.0.2");
     // (The global block is the client-list default of the admin rule too: 2 admin connections
     // per IP, plenty for this one.)
     assert_eq!(rule_stats(a.addr(), "c")["active"], 4);

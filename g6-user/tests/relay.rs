@@ -962,6 +962,58 @@ fn accept_raw(l: &std::net::TcpListener) -> TcpStream {
     s
 }
 
+/// The end of a session that resets in `reset_while_peer_blocked`.
+#[derive(Clone, Copy)]
+enum Resetter {
+    Client,
+    Server,
+}
+
+/// One session through `listen` to `server`: the `resetter` end pushes until g6 is blocked
+/// writing towards the other end (which does not read), then resets. The session must end
+/// at once as `<resetter>_reset`, and the other end see an exact prefix ended by a reset.
+fn reset_while_peer_blocked(
+    rig: &Rig,
+    server: &std::net::TcpListener,
+    listen: SocketAddr,
+    path: &str,
+    resetter: Resetter,
+) {
+    let (name, peer_name) = match resetter {
+        Resetter::Client => ("client", "server"),
+        Resetter::Server => ("server", "client"),
+    };
+    let ctx = format!("[{path}] {name} resets, {peer_name} not reading");
+    let c = connect(listen);
+    let s = accept_raw(server);
+    let client = id(&c, listen);
+    let (resetting, mut peer) = match resetter {
+        Resetter::Client => (c, s),
+        Resetter::Server => (s, c),
+    };
+    peer.write_all(b"ready").unwrap();
+    let mut b = [0u8; 5];
+    (&resetting).read_exact(&mut b).unwrap(); // the relay runs
+    let mut w = NbWriter::new();
+    w.push_until_blocked(&resetting, &ctx);
+    let t0 = Instant::now();
+    reset(resetting);
+    let a = rig.access(client);
+    let took = t0.elapsed();
+    assert_eq!(a.get("close"), format!("{name}_reset"), "{ctx}: {}", a.line);
+    assert!(
+        took < Duration::from_secs(1),
+        "{ctx}: session ended {took:?} after the reset"
+    );
+    let (got, end) = read_digest(&mut peer);
+    assert_eq!(
+        end,
+        End::Reset,
+        "{ctx}: the {peer_name} must see a reset after {got}"
+    );
+    w.check_prefix(got, &ctx);
+}
+
 /// SPEC §5.5 "reset … passed on without waiting": a reset on one side while g6 is blocked
 /// writing towards the other (which does not read) still resets the other side at once;
 /// what was delivered is an exact prefix and ends in a reset, not a FIN.
@@ -975,59 +1027,8 @@ fn reset_is_passed_on_while_the_other_side_is_blocked() {
             &format!("r1 RR *:* - {l} > {} ;\n", server.local_addr().unwrap()),
             &[&l],
         );
-
-        // The client pushes until blocked by a server that does not read, then resets.
-        let ctx = format!("[{path}] client resets, server not reading");
-        let c = connect(l.addr());
-        let mut s = accept_raw(&server);
-        s.write_all(b"ready").unwrap();
-        let mut b = [0u8; 5];
-        (&c).read_exact(&mut b).unwrap(); // the relay runs
-        let mut w = NbWriter::new();
-        w.push_until_blocked(&c, &ctx);
-        let client = id(&c, l.addr());
-        let t0 = Instant::now();
-        reset(c);
-        let a = rig.access(client);
-        let took = t0.elapsed();
-        assert_eq!(a.get("close"), "client_reset", "{ctx}: {}", a.line);
-        assert!(
-            took < Duration::from_secs(1),
-            "{ctx}: session ended {took:?} after the reset"
-        );
-        let (got, end) = read_digest(&mut s);
-        assert_eq!(
-            end,
-            End::Reset,
-            "{ctx}: the server must see a reset after {got}"
-        );
-        w.check_prefix(got, &ctx);
-
-        // The server pushes until blocked by a client that does not read, then resets.
-        let ctx = format!("[{path}] server resets, client not reading");
-        let mut c = connect(l.addr());
-        let s = accept_raw(&server);
-        c.write_all(b"hello").unwrap();
-        (&s).read_exact(&mut b).unwrap(); // the relay runs
-        let mut w = NbWriter::new();
-        w.push_until_blocked(&s, &ctx);
-        let client = id(&c, l.addr());
-        let t0 = Instant::now();
-        reset(s);
-        let a = rig.access(client);
-        let took = t0.elapsed();
-        assert_eq!(a.get("close"), "server_reset", "{ctx}: {}", a.line);
-        assert!(
-            took < Duration::from_secs(1),
-            "{ctx}: session ended {took:?} after the reset"
-        );
-        let (got, end) = read_digest(&mut c);
-        assert_eq!(
-            end,
-            End::Reset,
-            "{ctx}: the client must see a reset after {got}"
-        );
-        w.check_prefix(got, &ctx);
+        reset_while_peer_blocked(&rig, &server, l.addr(), path, Resetter::Client);
+        reset_while_peer_blocked(&rig, &server, l.addr(), path, Resetter::Server);
         rig.expect_no_sessions();
     });
 }

@@ -1,5 +1,6 @@
-//! Monitor → worker control channel: a SOCK_SEQPACKET socketpair (message boundaries kept,
-//! descriptors passed with SCM_RIGHTS). One byte of kind, then a payload.
+//! Monitor ↔ worker control channel: a SOCK_SEQPACKET socketpair (message boundaries kept,
+//! descriptors passed with SCM_RIGHTS). One byte of kind, then a payload. The monitor sends
+//! orders; the worker sends one message back, `Serving`, once its accept loops run.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,6 +27,9 @@ pub enum Message {
     Reload(Vec<u8>),
     /// The XDP guard's attachment changed (reload): `XdpStatus::encode` text.
     XdpStatus(String),
+    /// Worker → monitor: the accept loops run. Only then is a start announced as ready
+    /// (pid file, `G6_READY_FD` byte, systemd READY).
+    Serving,
 }
 
 impl Message {
@@ -45,6 +49,7 @@ impl Message {
                 v.extend_from_slice(text.as_bytes());
                 v
             }
+            Message::Serving => b"A".to_vec(),
         }
     }
 
@@ -55,6 +60,7 @@ impl Message {
             b'L' => Message::ReopenLog,
             b'R' => Message::Reload(data[1..].to_vec()),
             b'X' => Message::XdpStatus(String::from_utf8(data[1..].to_vec()).ok()?),
+            b'A' => Message::Serving,
             _ => return None,
         })
     }
@@ -149,6 +155,9 @@ mod tests {
         assert_eq!(got.local_addr().unwrap(), addr);
         assert_eq!(recv(b.as_raw_fd()).unwrap().unwrap().0, Message::Drain);
         assert_eq!(recv(b.as_raw_fd()).unwrap().unwrap().0, xdp);
+        // The worker's report crosses the other way.
+        send(b.as_raw_fd(), &Message::Serving, &[]).unwrap();
+        assert_eq!(recv(a.as_raw_fd()).unwrap().unwrap().0, Message::Serving);
         drop(a);
         assert!(recv(b.as_raw_fd()).unwrap().is_none());
     }

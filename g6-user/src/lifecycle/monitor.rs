@@ -52,9 +52,20 @@ pub struct Monitor {
     pub xdp: Option<crate::guard::Guard>,
 }
 
+/// The monitor's worker.
 struct Running {
     pid: Pid,
     control: OwnedFd,
+    report: Report,
+}
+
+/// Whether a worker has told the monitor that its accept loops run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Awaited,
+    Serving,
+    /// Its end of the control channel closed without the report.
+    Silent,
 }
 
 struct Successor {
@@ -64,8 +75,10 @@ struct Successor {
 }
 
 /// Runs the monitor until the process should exit; returns the exit status. `ready` is the
-/// `G6_READY_FD` pipe of a USR2 predecessor, written once our worker runs.
-pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
+/// `G6_READY_FD` pipe of a USR2 predecessor (or a supervisor): its byte is written once our
+/// first worker reports serving, and never if that worker dies before (then we exit 1 and
+/// the predecessor keeps serving).
+pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
     let signals = handled_signals();
     let sfd = match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC) {
         Ok(s) => s,
@@ -74,48 +87,36 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             return 1;
         }
     };
-    let mut monitor_only = vec![sfd.as_raw_fd()];
-    monitor_only.extend(ready.as_ref().map(AsRawFd::as_raw_fd));
-    let mut worker = match spawn_worker(&m, &monitor_only) {
+    let mut worker = match spawn_worker(&m, &monitor_only(&sfd, &ready, &None)) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::error!("monitor: cannot start the worker: {e}");
             return 1;
         }
     };
-    if let Some(p) = &m.pid_file
-        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
-    {
-        tracing::error!("cannot write pid file {}: {e}", p.display());
-        eprintln!("cannot write pid file {}: {e}", p.display());
-        stop_worker(&worker);
-        return 1;
-    }
-    if let Some(mut f) = ready {
-        use std::io::Write;
-        if let Err(e) = f.write_all(b"1") {
-            tracing::warn!("G6_READY_FD: {e}");
-        }
-    }
-    monitor_only.truncate(1);
-    // systemd (Type=notify, NotifyAccess=all): we serve, and after a USR2 hand-over the new
-    // monitor is the service's main process.
-    notify(&[
-        sd_notify::NotifyState::MainPid(std::process::id()),
-        sd_notify::NotifyState::Ready,
-    ]);
+    let mut announced = false;
     let mut restart_at: Option<Instant> = None;
     let mut successor: Option<Successor> = None;
     let mut draining = false;
+    // 1 once a start that could not be announced is being wound down.
+    let mut exit_code = 0;
     loop {
         let timeout = restart_at.map_or(PollTimeout::NONE, |t| {
             let ms = t.saturating_duration_since(Instant::now()).as_millis();
             PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::ZERO)
         });
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        if let Some(s) = &successor {
+        let successor_at = successor.as_ref().map(|s| {
             fds.push(PollFd::new(s.ready.as_fd(), PollFlags::POLLIN));
-        }
+            fds.len() - 1
+        });
+        let report_at = worker
+            .as_ref()
+            .filter(|w| w.report == Report::Awaited)
+            .map(|w| {
+                fds.push(PollFd::new(w.control.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
@@ -123,9 +124,26 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
                 return 1;
             }
         }
-        let signal_ready = fds[0].any().unwrap_or(false);
-        let successor_ready = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        let is_ready = |i: Option<usize>| i.and_then(|i| fds[i].any()).unwrap_or(false);
+        let signal_ready = is_ready(Some(0));
+        let successor_ready = is_ready(successor_at);
+        let worker_reported = is_ready(report_at);
         drop(fds);
+
+        if worker_reported
+            && worker
+                .as_mut()
+                .is_some_and(|w| read_report(w) == Report::Serving)
+            && !announced
+        {
+            announced = true;
+            if !announce(&m, ready.take()) {
+                // Nobody may count on this generation: finish what the worker took on, exit 1.
+                draining = true;
+                exit_code = 1;
+                start_drain(&mut m, &worker);
+            }
+        }
 
         if successor_ready && let Some(s) = successor.take() {
             if successor_signalled(&s) {
@@ -133,19 +151,17 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
                     "USR2: successor {} is serving; this generation stops accepting and drains",
                     s.pid
                 );
-                m.listeners.clear();
                 draining = true;
-                if let Some(w) = &worker {
-                    let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
+                restart_at = None;
+                // Between a worker's crash and its restart: nothing to drain.
+                if !start_drain(&mut m, &worker) {
+                    return 0;
                 }
             } else {
-                let how = s
-                    .status
-                    .or_else(|| waitpid(s.pid, Some(WaitPidFlag::WNOHANG)).ok())
-                    .map_or("no status yet".to_string(), |st| format!("{st:?}"));
                 tracing::error!(
-                    "USR2: successor {} failed before serving ({how}); still serving",
-                    s.pid
+                    "USR2: successor {} failed before serving ({}); still serving",
+                    s.pid,
+                    describe_successor(&s)
                 );
                 // It may have swapped its program into our XDP links already.
                 if let Some(g) = &m.xdp {
@@ -156,9 +172,7 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
 
         if restart_at.is_some_and(|t| Instant::now() >= t) && !draining {
             restart_at = None;
-            let mut closing = monitor_only.clone();
-            closing.extend(successor.as_ref().map(|s| s.ready.as_raw_fd()));
-            match spawn_worker(&m, &closing) {
+            match spawn_worker(&m, &monitor_only(&sfd, &ready, &successor)) {
                 Ok(w) => {
                     tracing::info!("monitor: worker {} started", w.pid);
                     worker = Some(w);
@@ -183,25 +197,21 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             Signal::SIGTERM if draining => {
                 tracing::info!("second TERM: stopping now");
                 stop_worker(&worker);
-                return 0;
+                return exit_code;
             }
             Signal::SIGTERM => {
                 tracing::info!("TERM: listeners closed; waiting for sessions to finish");
                 notify(&[sd_notify::NotifyState::Stopping]);
-                m.listeners.clear();
                 draining = true;
                 restart_at = None;
-                match &worker {
-                    Some(w) => {
-                        let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
-                    }
-                    None => return 0,
+                if !start_drain(&mut m, &worker) {
+                    return 0;
                 }
             }
             Signal::SIGINT => {
                 tracing::info!("INT: stopping now");
                 stop_worker(&worker);
-                return 0;
+                return exit_code;
             }
             Signal::SIGUSR1 => {
                 if let Some(sink) = crate::logging::sink() {
@@ -212,7 +222,7 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
                     let _ = control::send(w.control.as_raw_fd(), &Message::ReopenLog, &[]);
                 }
             }
-            Signal::SIGUSR2 if successor.is_some() || draining => {
+            Signal::SIGUSR2 if successor.is_some() || draining || ready.is_some() => {
                 tracing::warn!("USR2 ignored: a restart or stop is already in progress");
             }
             Signal::SIGUSR2 => match spawn_successor(&m) {
@@ -231,7 +241,17 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
                         worker = None;
                         if draining {
                             tracing::info!("worker {pid} finished; exiting");
-                            return 0;
+                            return exit_code;
+                        }
+                        if ready.is_some() {
+                            // Whoever started us gets no ready byte (the pipe closes as we
+                            // exit) and keeps serving; a restart here would make two
+                            // generations serve.
+                            tracing::error!(
+                                "worker {pid} failed before serving ({}); exiting without the G6_READY_FD byte",
+                                describe(&status)
+                            );
+                            return 1;
                         }
                         tracing::error!(
                             "worker {pid} died ({}); restarting it in 1 s",
@@ -248,6 +268,68 @@ pub fn run(mut m: Monitor, ready: Option<std::fs::File>) -> i32 {
             _ => {}
         }
     }
+}
+
+/// Descriptors a worker must not keep: the signalfd, a starter's ready pipe, a successor's
+/// ready pipe.
+fn monitor_only(
+    sfd: &SignalFd,
+    ready: &Option<std::fs::File>,
+    successor: &Option<Successor>,
+) -> Vec<RawFd> {
+    let mut fds = vec![sfd.as_raw_fd()];
+    fds.extend(ready.as_ref().map(AsRawFd::as_raw_fd));
+    fds.extend(successor.as_ref().map(|s| s.ready.as_raw_fd()));
+    fds
+}
+
+/// Reads the worker's report if it has come (or its channel closed) and returns the state.
+fn read_report(w: &mut Running) -> Report {
+    if w.report != Report::Awaited {
+        return w.report;
+    }
+    w.report = match control::recv(w.control.as_raw_fd()) {
+        Ok(Some((Message::Serving, _))) => Report::Serving,
+        Ok(Some((other, _))) => {
+            tracing::warn!(
+                "monitor: unexpected message from worker {}: {other:?}",
+                w.pid
+            );
+            Report::Awaited
+        }
+        Ok(None) => Report::Silent,
+        Err(e) => {
+            tracing::error!("monitor: control channel of worker {}: {e}", w.pid);
+            Report::Silent
+        }
+    };
+    w.report
+}
+
+/// Announces a start whose first worker serves: the pid file, then the ready byte for whoever
+/// started us, then systemd. False if the pid file cannot be written (`ready` is then closed
+/// without its byte: the predecessor keeps serving).
+fn announce(m: &Monitor, ready: Option<std::fs::File>) -> bool {
+    if let Some(p) = &m.pid_file
+        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
+    {
+        tracing::error!("cannot write pid file {}: {e}; stopping", p.display());
+        eprintln!("cannot write pid file {}: {e}", p.display());
+        return false;
+    }
+    if let Some(mut f) = ready {
+        use std::io::Write;
+        if let Err(e) = f.write_all(b"1") {
+            tracing::warn!("G6_READY_FD: {e}");
+        }
+    }
+    // systemd (Type=notify, NotifyAccess=all): we serve, and after a USR2 hand-over the new
+    // monitor is the service's main process.
+    notify(&[
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Ready,
+    ]);
+    true
 }
 
 /// Tells the service manager, if there is one (NOTIFY_SOCKET); failures only get logged.
@@ -267,6 +349,43 @@ fn describe(status: &WaitStatus) -> String {
             )
         }
         other => format!("{other:?}"),
+    }
+}
+
+/// How a successor that sent no ready byte ended, as far as we can see. Its pipe closes as
+/// it exits, a moment before its status is there: wait a little for it.
+fn describe_successor(s: &Successor) -> String {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut status = s.status;
+    while status.is_none() {
+        match waitpid(s.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(st) => status = Some(st),
+        }
+    }
+    match status {
+        // Daemonising: our child was only its launcher; the monitor that failed is detached.
+        Some(WaitStatus::Exited(_, 0)) => {
+            "its launcher exited 0 when it daemonised; its own log says why it failed".into()
+        }
+        Some(WaitStatus::StillAlive) | None => "no status yet".into(),
+        Some(st) => describe(&st),
+    }
+}
+
+/// Closes our copies of the listeners and tells the worker to drain; false if there is no
+/// worker (nothing to wait for).
+fn start_drain(m: &mut Monitor, worker: &Option<Running>) -> bool {
+    m.listeners.clear();
+    match worker {
+        Some(w) => {
+            let _ = control::send(w.control.as_raw_fd(), &Message::Drain, &[]);
+            true
+        }
+        None => false,
     }
 }
 
@@ -293,6 +412,7 @@ fn spawn_worker(m: &Monitor, monitor_only: &[RawFd]) -> std::io::Result<Running>
         ForkResult::Parent { child } => Ok(Running {
             pid: child,
             control: mine,
+            report: Report::Awaited,
         }),
         ForkResult::Child => {
             drop(mine);

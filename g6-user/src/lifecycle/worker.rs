@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::control::{self, Message};
 use super::threads::RelayThreads;
@@ -87,14 +87,6 @@ pub fn run_child(
             return 1;
         }
     };
-    tracing::info!(
-        "worker {} serving: {} rules, {} listen addresses, {} relay threads, data path {}",
-        std::process::id(),
-        cfg.rules.len(),
-        sockets.len(),
-        setup.threads,
-        setup.data_path.as_str()
-    );
     let code = rt.block_on(serve(
         cfg.clone(),
         sockets,
@@ -124,8 +116,14 @@ struct Listeners<'a> {
 impl Listeners<'_> {
     /// Every relay thread accepts on the listener: thread 0 on the socket itself (whose
     /// descriptor `show sessions` lists), the others on duplicates. All of them close when
-    /// the listener is stopped, so the worker keeps no copy.
-    fn start(&mut self, rule_id: &str, addr: SocketAddr, socket: TcpListener) {
+    /// the listener is stopped, so the worker keeps no copy. The receivers complete once
+    /// each loop runs on its thread.
+    fn start(
+        &mut self,
+        rule_id: &str,
+        addr: SocketAddr,
+        socket: TcpListener,
+    ) -> Vec<oneshot::Receiver<()>> {
         match self.shared.slots.try_acquire(1) {
             Some(p) => self.slots.push(p),
             None => tracing::warn!("-s leaves no slot for listener {addr}"),
@@ -143,21 +141,25 @@ impl Listeners<'_> {
         sockets.insert(0, socket);
         let (stop, rx) = watch::channel(false);
         self.shared.add_listener(info.clone());
+        let mut running = Vec::with_capacity(sockets.len());
         let loops = self
             .relays
             .handles()
             .iter()
             .zip(sockets)
             .map(|(thread, socket)| {
-                thread.spawn(proxy::accept_loop(
-                    self.shared.clone(),
-                    socket,
-                    info.clone(),
-                    rx.clone(),
-                ))
+                let (started, started_rx) = oneshot::channel();
+                running.push(started_rx);
+                let accept =
+                    proxy::accept_loop(self.shared.clone(), socket, info.clone(), rx.clone());
+                thread.spawn(async move {
+                    let _ = started.send(());
+                    accept.await
+                })
             })
             .collect();
         self.stops.insert(addr, Accepting { stop, loops });
+        running
     }
 
     /// Tells the accept loops to close their sockets; the returned tasks end once they have.
@@ -203,8 +205,10 @@ async fn serve(
         stops: HashMap::new(),
         slots: Vec::new(),
     };
+    let listen_addresses = sockets.len();
+    let mut running = Vec::new();
     for ((ri, _, entry), socket) in cfg.listeners().zip(sockets) {
-        listeners.start(&cfg.rules[ri].id, entry.addr, socket);
+        running.extend(listeners.start(&cfg.rules[ri].id, entry.addr, socket));
     }
     tokio::spawn(isolation_timer(shared.clone()));
     if let Err(e) = nix::fcntl::fcntl(
@@ -222,6 +226,24 @@ async fn serve(
             return 1;
         }
     };
+    for started in running {
+        if started.await.is_err() {
+            tracing::error!("worker: a relay thread stopped before accepting");
+            return 1;
+        }
+    }
+    tracing::info!(
+        "worker {} serving: {} rules, {listen_addresses} listen addresses, {} relay threads, data path {}",
+        std::process::id(),
+        cfg.rules.len(),
+        relays.handles().len(),
+        shared.data_path.as_str()
+    );
+    // The monitor announces the start (USR2 predecessor, pid file, systemd) only now.
+    if let Err(e) = control::send(control.as_raw_fd(), &Message::Serving, &[]) {
+        tracing::error!("worker: cannot report serving to the monitor: {e}");
+        return 1;
+    }
     let mut draining = false;
     loop {
         tokio::select! {
@@ -262,6 +284,7 @@ async fn serve(
                             crate::guard::set_status(status);
                         }
                     }
+                    (Message::Serving, _) => {}
                 }
             }
             _ = shared.registry.wait_no_proxied(), if draining => {
@@ -324,7 +347,8 @@ fn apply_reload(
             continue;
         }
         match new_fds.next() {
-            Some(fd) => listeners.start(&rule_id, addr, TcpListener::from(fd)),
+            // Nothing waits for these loops: the worker already serves.
+            Some(fd) => drop(listeners.start(&rule_id, addr, TcpListener::from(fd))),
             None => tracing::error!("worker: reload: no socket received for {addr}"),
         }
     }

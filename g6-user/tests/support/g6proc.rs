@@ -9,8 +9,8 @@
 //! The harness binds every listen socket itself (race-free ports), writes the real address
 //! into the config and passes the descriptors in `G6_LISTEN_SOCKFDS` (SPEC §3), which g6
 //! adopts. `start` also passes `G6_READY_FD` and waits for g6's ready byte (SPEC §3: written
-//! once the worker runs; until g6 writes it, its INFO "started" log line counts), so a g6
-//! that dies during start-up fails the test at once with its stderr and log.
+//! once its worker serves), so a g6 that dies during start-up fails the test at once with its
+//! stderr and log.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -178,8 +178,7 @@ impl G6Proc {
 
     /// Launches `program args` in `dir` (stdin null, stdout/stderr to `dir`/stdout, stderr),
     /// in its own process group, with `listeners` in `G6_LISTEN_SOCKFDS` and, if
-    /// `wait_ready`, a pipe in `G6_READY_FD` whose byte it waits for (or, as a fallback
-    /// while g6 does not write it, g6's INFO "started" log line).
+    /// `wait_ready`, a pipe in `G6_READY_FD` whose byte it waits for.
     /// The child gets PR_SET_PDEATHSIG(SIGKILL), which fires when the *thread* that
     /// launched it exits: keep a `G6Proc` on the thread that created it.
     pub fn launch(
@@ -276,9 +275,6 @@ impl G6Proc {
             if let Some(st) = self.exit_status() {
                 panic!("g6 exited during start-up ({st}) {}", self.diagnostics());
             }
-            if self.logged_started() {
-                return;
-            }
             if Instant::now() >= deadline {
                 panic!(
                     "g6 did not write its ready byte to G6_READY_FD within {START_TIMEOUT:?} (SPEC §3) {}",
@@ -286,15 +282,6 @@ impl G6Proc {
                 );
             }
         }
-    }
-
-    /// Fallback readiness signal while g6 does not write `G6_READY_FD` yet: its INFO
-    /// start-up line (`| INFO  | <pid>:<tid> | G6 v… started: …`).
-    fn logged_started(&self) -> bool {
-        let tag = format!("| INFO  | {}:", self.pid);
-        self.log_contents()
-            .lines()
-            .any(|l| l.contains(&tag) && l.contains(" started"))
     }
 
     pub fn pid(&self) -> i32 {
