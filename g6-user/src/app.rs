@@ -1,5 +1,5 @@
 //! Start-up and the serving loop (SPEC.md §2, §3): flags → RLIMIT_NOFILE → config → log →
-//! listeners → daemonise → pid file → serve; signals TERM, INT, USR1.
+//! listeners → daemonise → worker serves → pid file, ready byte; signals TERM, INT, USR1.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;

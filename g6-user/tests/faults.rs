@@ -584,13 +584,8 @@ fn descriptor_exhaustion_backs_off_then_serves_the_backlog() {
     );
     let worker = *agent.g6.pids().last().unwrap();
     assert_ne!(worker, agent.g6.pid(), "no worker process");
-    // The ready byte comes right after the fork: lowering the limit before the worker has
-    // built its runtime would make it fail to start instead of testing accept.
-    agent
-        .g6
-        .expect_log("the worker serving", WAIT_TIMEOUT, |log| {
-            log.contains(&format!("worker {worker} serving"))
-        });
+    // `start` returned once the worker reported serving (the ready byte waits for it), so
+    // its runtime is built and lowering the limit now tests accept, not start-up.
     let old = robust::set_nofile_soft(worker, 3);
     let waiting: Vec<TcpStream> = (0..5).map(|_| connect(l.addr())).collect();
     // Let the accept loop meet the exhaustion, then measure a 2 s window.

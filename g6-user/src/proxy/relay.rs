@@ -515,19 +515,17 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// True if the next read of `from` would be its EOF (peeked: a byte is never taken).
+/// True if the next read of `from`, whose receive queue was just drained, would be its EOF:
+/// the peer's FIN is in and no reset came. From TCP_INFO's state, which leaves the socket as
+/// it is: a peek (or SO_ERROR) would take a pending reset's error, and the next read would
+/// then see a clean EOF instead of the reset.
 fn at_eof(from: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: peeks into a byte we own from a descriptor `from` keeps open.
-    let n = unsafe {
-        libc::recv(
-            from.as_raw_fd(),
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n == 0
+    const TIME_WAIT: u8 = 6;
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    crate::fastpath::tcp_info(from.as_raw_fd())
+        .is_ok_and(|ti| matches!(ti.state, CLOSE_WAIT | LAST_ACK | CLOSING | TIME_WAIT))
 }
 
 /// Bytes TCP moved on both sockets (acknowledged by each peer + received from it). It grows
