@@ -66,8 +66,8 @@ const MAX_SLEEP_MS: u64 = 1 << 42;
 /// Simulated time stops here (~280 years), so that monotonic ns plus a block of `u32::MAX`
 /// seconds stays far from `u64::MAX`.
 const MAX_TIME_MS: u64 = 1 << 43;
-/// README: at most 65 536 blocks in force.
-const MAX_BLOCKED: usize = 65_536;
+/// At most this many blocks in force (README: 65 536, the XDP maps' size).
+const MAX_BLOCKED: usize = g6::guard::XDP_MAX_BLOCKED as usize;
 /// CLOCK_MONOTONIC (ns) at the start of a run: an agent up for 1000 s.
 const BASE_MONO_NS: u64 = 1_000_000_000_000;
 
