@@ -98,8 +98,8 @@ impl Guard {
         if !crate::fastpath::object_embedded() {
             return Err(GuardError::NoObject);
         }
-        let mut ebpf = crate::fastpath::load_object()
-            .map_err(|e| GuardError::Load(GuardError::chain(&e)))?;
+        let mut ebpf =
+            crate::fastpath::load_object().map_err(|e| GuardError::Load(GuardError::chain(&e)))?;
         let state = Arc::new(XdpState {
             blocks: Arc::new(BlockMaps {
                 v4: Mutex::new(take(&mut ebpf, MAP_XDP_BLOCK4)?),

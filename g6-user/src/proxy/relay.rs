@@ -8,7 +8,7 @@
 //! socket. The idle timer runs across both directions.
 
 use std::io::{self, Read as _};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -159,6 +159,42 @@ struct RtProbe {
     pending_us: AtomicU64,
 }
 
+/// What a session keeps across relay runs when it parks (park.rs): the RT turn, and the TCP
+/// progress the idle timer saw last (so bytes TCP moved around a park still count).
+pub struct Carry {
+    rt: RtProbe,
+    pub tcp_seen: AtomicU64,
+}
+
+impl Carry {
+    /// `idle`: the idle timeout (zero: none, TCP's progress is never looked at).
+    pub fn new<S: AsRawFd>(client: &S, server: &S, idle: Duration) -> Self {
+        let tcp_seen = if idle.is_zero() {
+            0
+        } else {
+            tcp_progress(client, server)
+        };
+        Carry {
+            rt: RtProbe {
+                turn_open: AtomicBool::new(true),
+                pending_us: AtomicU64::new(0),
+            },
+            tcp_seen: AtomicU64::new(tcp_seen),
+        }
+    }
+}
+
+/// How long a relay must have moved nothing, both pumps waiting for bytes, before it parks.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How a relay run ended.
+pub enum Outcome {
+    Closed(CloseReason),
+    /// Idle for [`PARK_AFTER`] with both pumps at rest: nothing is in flight, the sockets
+    /// can be handed to the parker (park.rs) and the relay started again when bytes come.
+    Parked,
+}
+
 /// Everything a pump updates besides the bytes themselves.
 pub struct SessionMeters<'a> {
     pub traffic: &'a Traffic,
@@ -205,6 +241,9 @@ struct Pump<'a> {
     eof_gate: Option<EofGate<'a>>,
     /// Bytes read from `from` by this pump.
     read: AtomicU64,
+    /// Waiting for `from` to be readable with nothing in flight (no buffer, pipe or write
+    /// pending, no EOF seen): the relay may park.
+    at_rest: AtomicBool,
 }
 
 /// What one buffered read-and-write did.
@@ -370,10 +409,18 @@ impl Pump<'_> {
         }
     }
 
+    /// Waits for `from` to be readable, at rest meanwhile.
+    async fn rest(&self) -> Result<(), PumpError> {
+        self.at_rest.store(true, Relaxed);
+        let ready = self.from.readable().await;
+        self.at_rest.store(false, Relaxed);
+        ready.map(drop).map_err(|e| self.read_error(e))
+    }
+
     async fn run_copy(&self) -> Result<(), PumpError> {
         let mut gated_since = None;
         loop {
-            self.from.readable().await.map_err(|e| self.read_error(e))?;
+            self.rest().await?;
             if let Copied::Eof = self.copy_once(&mut gated_since).await? {
                 return self.eof();
             }
@@ -389,7 +436,7 @@ impl Pump<'_> {
         let to_fd = self.to.as_raw_fd();
         let mut bulk = false;
         loop {
-            self.from.readable().await.map_err(|e| self.read_error(e))?;
+            self.rest().await?;
             if !bulk {
                 match self.copy_once(&mut None).await? {
                     Copied::Eof => return self.eof(),
@@ -478,7 +525,7 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 /// Bytes TCP moved on both sockets (acknowledged by each peer + received from it). It grows
 /// without the pumps too: a slow reader acknowledging what the agent had queued (a blocked
 /// writer is only woken once half its send buffer is free).
-pub fn tcp_progress(client: &TcpStream, server: &TcpStream) -> u64 {
+pub fn tcp_progress<S: AsRawFd>(client: &S, server: &S) -> u64 {
     [client, server]
         .into_iter()
         .filter_map(|s| crate::fastpath::tcp_info(s.as_raw_fd()).ok())
@@ -488,9 +535,14 @@ pub fn tcp_progress(client: &TcpStream, server: &TcpStream) -> u64 {
 
 /// Completes when the session has been idle (no byte either way) for `idle`: neither the
 /// pumps nor TCP moved a byte. TCP's counters are looked at every quarter of the timeout,
-/// so a close comes at most that much late.
-async fn idle_expired(traffic: &Traffic, idle: Duration, client: &TcpStream, server: &TcpStream) {
-    let mut seen = tcp_progress(client, server);
+/// so a close comes at most that much late. `seen`: TCP's progress when last looked at.
+pub async fn idle_expired<S: AsRawFd>(
+    traffic: &Traffic,
+    idle: Duration,
+    client: &S,
+    server: &S,
+    seen: &AtomicU64,
+) {
     loop {
         let now = Instant::now();
         let deadline = traffic.last_activity() + idle;
@@ -499,8 +551,7 @@ async fn idle_expired(traffic: &Traffic, idle: Duration, client: &TcpStream, ser
         }
         tokio::time::sleep_until((deadline.min(now + idle / 4)).into()).await;
         let progress = tcp_progress(client, server);
-        if progress != seen {
-            seen = progress;
+        if seen.swap(progress, Relaxed) != progress {
             traffic.touch();
         }
     }
@@ -512,7 +563,7 @@ const IDLE_DISCARD_READS: usize = 256;
 /// Idle timeout (SPEC.md §5.5): FIN to both sides. close(2) of a socket holding unread
 /// bytes (a receiver that stopped reading) would send an RST instead, so the FIN goes first,
 /// then what is unread is discarded (bounded); a late RST then still follows the FIN.
-pub fn close_idle(client: &TcpStream, server: &TcpStream) {
+pub fn close_idle<S: AsFd>(client: &S, server: &S) {
     for s in [client, server] {
         let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
     }
@@ -551,7 +602,7 @@ pub async fn acked_or_stalled(stream: &TcpStream) {
 }
 
 /// Closes `stream` with a reset (linger 0) when it is dropped.
-pub fn reset(stream: &TcpStream) {
+pub fn reset<S: AsFd>(stream: &S) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
@@ -576,58 +627,121 @@ pub async fn relay_gated(
     idle: Duration,
     eof_gate: Option<EofGate<'_>>,
 ) -> CloseReason {
-    let rt = RtProbe {
-        turn_open: AtomicBool::new(true),
-        pending_us: AtomicU64::new(0),
-    };
-    let up = Pump {
-        from: client,
-        to: server,
-        side: Side::Client,
-        meters,
-        rt: &rt,
-        eof_gate,
-        read: AtomicU64::new(0),
-    };
-    let down = Pump {
-        from: server,
-        to: client,
-        side: Side::Server,
-        meters,
-        rt: &rt,
-        eof_gate,
-        read: AtomicU64::new(0),
-    };
     meters.traffic.touch();
-    let both = async { tokio::try_join!(up.run(path), down.run(path)) };
-    let outcome = if idle.is_zero() {
-        both.await
-    } else {
-        tokio::select! {
-            r = both => r,
-            _ = idle_expired(meters.traffic, idle, client, server) => {
-                close_idle(client, server);
-                return CloseReason::IdleTimeout;
-            }
-        }
+    let carry = Carry::new(client, server, idle);
+    let run = Run {
+        path,
+        client,
+        server,
+        meters,
+        idle,
+        carry: &carry,
     };
-    match outcome {
-        Ok(_) => meters.traffic.first_close(),
-        Err(PumpError::Reset(Side::Client)) => {
-            acked_or_stalled(server).await;
-            reset(server);
-            CloseReason::ClientReset
-        }
-        Err(PumpError::Reset(Side::Server)) => {
-            acked_or_stalled(client).await;
-            reset(client);
-            CloseReason::ServerReset
-        }
-        Err(PumpError::Local(e)) => {
-            tracing::error!("relay: local failure: {e}");
-            reset(client);
-            reset(server);
-            CloseReason::Error
-        }
+    match run.relay(eof_gate, false).await {
+        Outcome::Closed(reason) => reason,
+        Outcome::Parked => unreachable!("a relay that may not park never parks"),
+    }
+}
+
+/// [`relay`] that returns [`Outcome::Parked`] once it has been at rest for [`PARK_AFTER`]
+/// (session.rs then parks it). The caller starts the idle clock (`Traffic::touch`) once for
+/// the session; `carry` goes from one run to the next.
+pub async fn relay_or_park(
+    path: DataPath,
+    client: &TcpStream,
+    server: &TcpStream,
+    meters: &SessionMeters<'_>,
+    idle: Duration,
+    carry: &Carry,
+) -> Outcome {
+    let run = Run {
+        path,
+        client,
+        server,
+        meters,
+        idle,
+        carry,
+    };
+    run.relay(None, true).await
+}
+
+/// One relay run's inputs.
+struct Run<'a> {
+    path: DataPath,
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    meters: &'a SessionMeters<'a>,
+    idle: Duration,
+    carry: &'a Carry,
+}
+
+impl Run<'_> {
+    async fn relay(&self, eof_gate: Option<EofGate<'_>>, may_park: bool) -> Outcome {
+        let (client, server, meters, idle) = (self.client, self.server, self.meters, self.idle);
+        let pump = |from, to, side| Pump {
+            from,
+            to,
+            side,
+            meters,
+            rt: &self.carry.rt,
+            eof_gate,
+            read: AtomicU64::new(0),
+            at_rest: AtomicBool::new(false),
+        };
+        let up = pump(client, server, Side::Client);
+        let down = pump(server, client, Side::Server);
+        let both = async { tokio::try_join!(up.run(self.path), down.run(self.path)) };
+        let outcome = if idle.is_zero() && !may_park {
+            both.await
+        } else {
+            tokio::pin!(both);
+            let expired = async {
+                if idle.is_zero() {
+                    std::future::pending().await
+                } else {
+                    let seen = &self.carry.tcp_seen;
+                    idle_expired(meters.traffic, idle, client, server, seen).await
+                }
+            };
+            tokio::pin!(expired);
+            loop {
+                // Never in the past: a pump stuck writing moves nothing and is not at rest.
+                let park_due = (meters.traffic.last_activity() + PARK_AFTER)
+                    .max(Instant::now() + PARK_AFTER / 4);
+                tokio::select! {
+                    r = &mut both => break r,
+                    _ = &mut expired => {
+                        close_idle(client, server);
+                        return Outcome::Closed(CloseReason::IdleTimeout);
+                    }
+                    _ = tokio::time::sleep_until(park_due.into()), if may_park => {
+                        let rest = up.at_rest.load(Relaxed) && down.at_rest.load(Relaxed);
+                        if rest && meters.traffic.idle_for() >= PARK_AFTER {
+                            return Outcome::Parked;
+                        }
+                        // Bytes moved meanwhile, or some are in flight: look again later.
+                    }
+                }
+            }
+        };
+        Outcome::Closed(match outcome {
+            Ok(_) => meters.traffic.first_close(),
+            Err(PumpError::Reset(Side::Client)) => {
+                acked_or_stalled(server).await;
+                reset(server);
+                CloseReason::ClientReset
+            }
+            Err(PumpError::Reset(Side::Server)) => {
+                acked_or_stalled(client).await;
+                reset(client);
+                CloseReason::ServerReset
+            }
+            Err(PumpError::Local(e)) => {
+                tracing::error!("relay: local failure: {e}");
+                reset(client);
+                reset(server);
+                CloseReason::Error
+            }
+        })
     }
 }

@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connect::{self, ConnectError};
+use super::park::{self, Resumed};
 use super::registry::{ListenerInfo, ProxyInfo, Registration};
-use super::relay::{self, CloseReason, DataPath, SessionMeters};
+use super::relay::{self, CloseReason, DataPath, Outcome, SessionMeters};
 use super::sockmap;
 use crate::isolation::Now;
 use crate::limits::{Permit, SlotPermit};
@@ -136,6 +137,32 @@ async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> 
     }
 }
 
+/// Relays a user-space session (copy, splice) to its end, parking it (park.rs) whenever
+/// its relay has been at rest for `relay::PARK_AFTER`. Both sockets are closed on return.
+async fn relay_parking(
+    path: DataPath,
+    mut client: TcpStream,
+    mut server: TcpStream,
+    peer: SocketAddr,
+    meters: &SessionMeters<'_>,
+    idle: Duration,
+) -> CloseReason {
+    // The idle clock starts once the server connection is made (SPEC.md §5.5).
+    meters.traffic.touch();
+    let carry = relay::Carry::new(&client, &server, idle);
+    loop {
+        // Boxed: a parked session frees the relay's state.
+        let relaying = relay::relay_or_park(path, &client, &server, meters, idle, &carry);
+        if let Outcome::Closed(reason) = Box::pin(relaying).await {
+            return reason;
+        }
+        match park::park(client, server, peer, meters.traffic, idle, &carry.tcp_seen).await {
+            Resumed::Relay(c, s) => (client, server) = (c, s),
+            Resumed::Closed(reason) => return reason,
+        }
+    }
+}
+
 /// Serves one admitted client to the end and logs its access line.
 pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
     let runtime = a.runtime.clone();
@@ -147,8 +174,10 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
 
     // Boxed: a session's task then holds only the state of the stage it is in — connecting,
     // or relaying on one data path — not the largest of them all (idle RSS per session).
-    let connecting = Box::pin(select_and_connect(&shared, &a, &info));
-    let (reason, server_addr, path) = match connecting.await {
+    let attempt = Box::pin(select_and_connect(&shared, &a, &info)).await;
+    // Taken out: a session that parks owns its client socket (park.rs).
+    let mut client = Some(a.client);
+    let (reason, server_addr, path) = match attempt {
         Attempt::Failed(reason) => {
             rr.counters.refused.fetch_add(1, Relaxed);
             (reason, None, None)
@@ -165,20 +194,23 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
                 rule: rr,
                 server: &chosen.server,
             };
+            let client = client.take().expect("the client socket is taken once");
             let relaying: Pin<Box<dyn Future<Output = CloseReason> + Send + '_>> =
                 match &shared.accelerator {
-                    Some(acc) if path == DataPath::Sockmap => Box::pin(sockmap::relay(
-                        acc,
-                        DataPath::Splice,
-                        &a.client,
-                        &server_stream,
+                    Some(acc) if path == DataPath::Sockmap => Box::pin(async move {
+                        let (c, s) = (&client, &server_stream);
+                        sockmap::relay(acc, DataPath::Splice, c, s, &meters, idle).await
+                    }),
+                    _ => Box::pin(relay_parking(
+                        path,
+                        client,
+                        server_stream,
+                        a.peer,
                         &meters,
                         idle,
                     )),
-                    _ => Box::pin(relay::relay(path, &a.client, &server_stream, &meters, idle)),
                 };
             let reason = relaying.await;
-            drop(server_stream);
             (reason, Some(chosen.server.entry.addr), Some(path))
         }
     };
@@ -190,7 +222,6 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
     // The registration stays until the access line is written.
     let Admitted {
         registration,
-        client,
         slot,
         client_permit,
         ..

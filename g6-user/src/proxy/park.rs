@@ -1,0 +1,264 @@
+//! Parked sessions (LIFECYCLE.md PARKED): a relay that moved nothing for `PARK_AFTER` with
+//! both pumps at rest gives its sockets back to the kernel's care. They leave tokio's reactor
+//! (its per-socket state and the relay's future are freed) and wait in one epoll set per relay
+//! thread, level-triggered and one-shot: bytes, a FIN or a reset on either socket — also ones
+//! that arrived during the hand-over — wake the session, which relays again.
+//!
+//! A parked session costs its task, its `show sessions` entry and a slot here; the idle
+//! timeout runs on as in the relay (`relay::idle_expired`, same cadence and TCP progress).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+
+use super::relay::{self, CloseReason, Traffic};
+use crate::runtime::lock;
+
+/// Events taken from the epoll set per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 64;
+
+/// One parked session: woken once `fired`.
+#[derive(Default)]
+struct Slot {
+    waker: Option<Waker>,
+    fired: bool,
+}
+
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    fn take(&mut self) -> usize {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn give(&mut self, i: usize) {
+        if let Some(slot) = self.slots.get_mut(i) {
+            *slot = Slot::default();
+            self.free.push(i);
+        }
+    }
+
+    fn fire(&mut self, i: usize) {
+        if let Some(slot) = self.slots.get_mut(i) {
+            slot.fired = true;
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A relay thread's epoll set of parked sockets and the sessions waiting on them.
+struct Parker {
+    epoll: AsyncFd<OwnedFd>,
+    slots: Mutex<Slots>,
+}
+
+thread_local! {
+    /// This thread's parker while its driver task or a parked session holds it.
+    static PARKER: RefCell<Weak<Parker>> = const { RefCell::new(Weak::new()) };
+}
+
+impl Parker {
+    /// This relay thread's parker; the first park creates it and spawns its driver.
+    fn of_this_thread() -> io::Result<Arc<Parker>> {
+        PARKER.with(|cell| {
+            if let Some(p) = cell.borrow().upgrade() {
+                return Ok(p);
+            }
+            // SAFETY: epoll_create1 has no memory arguments; the result is checked.
+            let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a new descriptor nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: an OwnedFd's descriptor stays open, the same, until the AsyncFd drops it.
+            let epoll = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(io::Error::from)?;
+            let parker = Arc::new(Parker {
+                epoll,
+                slots: Mutex::new(Slots::default()),
+            });
+            drop(tokio::spawn(drive(parker.clone())));
+            *cell.borrow_mut() = Arc::downgrade(&parker);
+            Ok(parker)
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, slot: usize) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: slot as u64,
+        };
+        // SAFETY: `ev` outlives the call; a bad fd is reported as an error.
+        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Wakes the sessions whose sockets became readable (or hung up) until the runtime ends.
+async fn drive(parker: Arc<Parker>) {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    loop {
+        let mut ready = match parker.epoll.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("park: epoll set unusable: {e}");
+                return;
+            }
+        };
+        let fd = parker.epoll.as_raw_fd();
+        // SAFETY: the kernel writes at most EVENTS_PER_WAIT entries into `events`.
+        let n = unsafe { libc::epoll_wait(fd, events.as_mut_ptr(), EVENTS_PER_WAIT as i32, 0) };
+        let Ok(n) = usize::try_from(n) else {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("park: epoll_wait: {e}");
+                return;
+            }
+            continue;
+        };
+        if n < EVENTS_PER_WAIT {
+            ready.clear_ready();
+        }
+        let mut slots = lock(&parker.slots);
+        for ev in &events[..n] {
+            slots.fire(ev.u64 as usize);
+        }
+    }
+}
+
+/// A session's two sockets in the parker's epoll set; dropping it takes them out.
+struct Registration {
+    parker: Arc<Parker>,
+    slot: usize,
+    fds: [RawFd; 2],
+}
+
+impl Registration {
+    fn new(fds: [RawFd; 2]) -> io::Result<Registration> {
+        let parker = Parker::of_this_thread()?;
+        let slot = lock(&parker.slots).take();
+        let reg = Registration { parker, slot, fds };
+        for fd in fds {
+            reg.parker.ctl(libc::EPOLL_CTL_ADD, fd, slot)?;
+        }
+        Ok(reg)
+    }
+
+    fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slots = lock(&self.parker.slots);
+        match slots.slots.get_mut(self.slot) {
+            Some(slot) if !slot.fired => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for fd in self.fds {
+            // ENOENT when its ADD failed: nothing to take out.
+            let _ = self.parker.ctl(libc::EPOLL_CTL_DEL, fd, self.slot);
+        }
+        lock(&self.parker.slots).give(self.slot);
+    }
+}
+
+/// What ends a park.
+pub enum Resumed {
+    /// Bytes, a FIN or a reset came: relay again.
+    Relay(TcpStream, TcpStream),
+    Closed(CloseReason),
+}
+
+/// Parks a session whose relay returned `Parked` until either socket has something to
+/// read or report, or the idle timeout (`idle`, zero = none) expires.
+pub async fn park(
+    client: TcpStream,
+    server: TcpStream,
+    peer: SocketAddr,
+    traffic: &Traffic,
+    idle: Duration,
+    tcp_seen: &AtomicU64,
+) -> Resumed {
+    let client = match client.into_std() {
+        Ok(c) => c,
+        Err(e) => return failed("park: client socket", e, &server),
+    };
+    let server = match server.into_std() {
+        Ok(s) => s,
+        Err(e) => return failed("park: server socket", e, &client),
+    };
+    // Declared after the sockets: dropped (out of the epoll set) before they close.
+    let reg = match Registration::new([client.as_raw_fd(), server.as_raw_fd()]) {
+        Ok(r) => r,
+        Err(e) => {
+            // The relay goes on (and tries to park again later).
+            tracing::debug!("park: cannot park client={peer}: {e}");
+            return resume(client, server);
+        }
+    };
+    tracing::debug!("relay: parked client={peer}");
+    let fired = std::future::poll_fn(|cx| reg.poll_fired(cx));
+    if idle.is_zero() {
+        fired.await;
+    } else {
+        tokio::select! {
+            _ = fired => {}
+            _ = relay::idle_expired(traffic, idle, &client, &server, tcp_seen) => {
+                drop(reg);
+                relay::close_idle(&client, &server);
+                return Resumed::Closed(CloseReason::IdleTimeout);
+            }
+        }
+    }
+    drop(reg);
+    tracing::debug!("relay: woken client={peer}");
+    resume(client, server)
+}
+
+/// Back into tokio's reactor.
+fn resume(client: StdTcpStream, server: StdTcpStream) -> Resumed {
+    let client = match TcpStream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => return failed("unpark: client socket", e, &server),
+    };
+    match TcpStream::from_std(server) {
+        Ok(server) => Resumed::Relay(client, server),
+        Err(e) => failed("unpark: server socket", e, &client),
+    }
+}
+
+/// A socket could not change hands (and is closed): reset the other one, end the session.
+fn failed(what: &str, e: io::Error, other: &impl std::os::fd::AsFd) -> Resumed {
+    tracing::error!("{what}: {e}");
+    relay::reset(other);
+    Resumed::Closed(CloseReason::Error)
+}
