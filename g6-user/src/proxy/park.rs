@@ -198,50 +198,83 @@ pub enum Resumed {
     Closed(CloseReason),
 }
 
-/// Parks a session whose relay returned `Parked` until either socket has something to
-/// read or report, or the idle timeout (`idle`, zero = none) expires.
-pub async fn park(
-    client: TcpStream,
-    server: TcpStream,
-    peer: SocketAddr,
-    traffic: &Traffic,
-    idle: Duration,
-    tcp_seen: &AtomicU64,
-) -> Resumed {
+/// The sockets of a parked session, out of tokio's reactor and in the parker's epoll set.
+struct Parked {
+    // Dropped first: out of the epoll set before the sockets close.
+    reg: Registration,
+    client: StdTcpStream,
+    server: StdTcpStream,
+}
+
+/// Hands a session's sockets from tokio's reactor to the parker. `Err`: the session could
+/// not park (relay again) or ended.
+fn hand_over(client: TcpStream, server: TcpStream, peer: SocketAddr) -> Result<Parked, Resumed> {
     let client = match client.into_std() {
         Ok(c) => c,
-        Err(e) => return failed("park: client socket", e, &server),
+        Err(e) => return Err(failed("park: client socket", e, &server)),
     };
     let server = match server.into_std() {
         Ok(s) => s,
-        Err(e) => return failed("park: server socket", e, &client),
+        Err(e) => return Err(failed("park: server socket", e, &client)),
     };
-    // Declared after the sockets: dropped (out of the epoll set) before they close.
-    let reg = match Registration::new([client.as_raw_fd(), server.as_raw_fd()]) {
-        Ok(r) => r,
+    match Registration::new([client.as_raw_fd(), server.as_raw_fd()]) {
+        Ok(reg) => {
+            tracing::debug!("relay: parked client={peer}");
+            Ok(Parked {
+                reg,
+                client,
+                server,
+            })
+        }
         Err(e) => {
             // The relay goes on (and tries to park again later).
             tracing::debug!("park: cannot park client={peer}: {e}");
-            return resume(client, server);
-        }
-    };
-    tracing::debug!("relay: parked client={peer}");
-    let fired = std::future::poll_fn(|cx| reg.poll_fired(cx));
-    if idle.is_zero() {
-        fired.await;
-    } else {
-        tokio::select! {
-            _ = fired => {}
-            _ = relay::idle_expired(traffic, idle, &client, &server, tcp_seen) => {
-                drop(reg);
-                relay::close_idle(&client, &server);
-                return Resumed::Closed(CloseReason::IdleTimeout);
-            }
+            Err(resume(client, server))
         }
     }
-    drop(reg);
-    tracing::debug!("relay: woken client={peer}");
-    resume(client, server)
+}
+
+/// Parks a session whose relay returned `Parked` (the sockets leave tokio's reactor at once)
+/// until either socket has something to read or report, or the idle timeout (`idle`, zero =
+/// none) expires. A plain fn around an `async move` block: an `async fn` would keep a second
+/// copy of its arguments for as long as the session is parked.
+pub fn park<'a>(
+    client: TcpStream,
+    server: TcpStream,
+    peer: SocketAddr,
+    traffic: &'a Traffic,
+    idle: Duration,
+    tcp_seen: &'a AtomicU64,
+) -> impl Future<Output = Resumed> + Send + 'a {
+    let handed = hand_over(client, server, peer);
+    async move {
+        let p = match handed {
+            Ok(p) => p,
+            Err(now) => return now,
+        };
+        let fired = std::future::poll_fn(|cx| p.reg.poll_fired(cx));
+        if idle.is_zero() {
+            fired.await;
+        } else {
+            tokio::select! {
+                _ = fired => {}
+                _ = relay::idle_expired(traffic, idle, &p.client, &p.server, tcp_seen) => {
+                    let Parked { reg, client, server } = p;
+                    drop(reg);
+                    relay::close_idle(&client, &server);
+                    return Resumed::Closed(CloseReason::IdleTimeout);
+                }
+            }
+        }
+        tracing::debug!("relay: woken client={peer}");
+        let Parked {
+            reg,
+            client,
+            server,
+        } = p;
+        drop(reg);
+        resume(client, server)
+    }
 }
 
 /// Back into tokio's reactor.
