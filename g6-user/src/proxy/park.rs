@@ -8,9 +8,11 @@
 //! timeout runs on as in the relay (`relay::idle_expired`, same cadence and TCP progress).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
@@ -19,12 +21,17 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::relay::{self, CloseReason, Traffic};
 use crate::runtime::lock;
 
 /// Events taken from the epoll set per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 64;
+
+/// How often the driver looks whether to give freed heap back, and after how many parks.
+const TRIM_TICK: Duration = Duration::from_secs(1);
+const TRIM_AFTER_PARKS: usize = 128;
 
 /// One parked session: woken once `fired`.
 #[derive(Default)]
@@ -37,10 +44,13 @@ struct Slot {
 struct Slots {
     slots: Vec<Slot>,
     free: Vec<usize>,
+    /// Sessions parked since the driver last gave freed heap back.
+    parked_since_trim: usize,
 }
 
 impl Slots {
     fn take(&mut self) -> usize {
+        self.parked_since_trim += 1;
         match self.free.pop() {
             Some(i) => i,
             None => {
@@ -122,8 +132,17 @@ impl Parker {
 /// Wakes the sessions whose sockets became readable (or hung up) until the runtime ends.
 async fn drive(parker: Arc<Parker>) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    let mut tick = tokio::time::interval(TRIM_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut ready = match parker.epoll.readable().await {
+        let readable = tokio::select! {
+            r = parker.epoll.readable() => r,
+            _ = tick.tick() => {
+                trim_if_many_parked(&parker);
+                continue;
+            }
+        };
+        let mut ready = match readable {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("park: epoll set unusable: {e}");
@@ -148,6 +167,18 @@ async fn drive(parker: Arc<Parker>) {
         for ev in &events[..n] {
             slots.fire(ev.u64 as usize);
         }
+    }
+}
+
+/// A park frees the relay's future and tokio's state of both sockets, but between the
+/// allocations of live sessions: glibc keeps those pages until a trim. Measured: 2 000
+/// sessions opened at once, then parked, kept 3.8 kB of RSS each without, 2.7 kB with.
+fn trim_if_many_parked(parker: &Parker) {
+    let mut slots = lock(&parker.slots);
+    if slots.parked_since_trim >= TRIM_AFTER_PARKS {
+        slots.parked_since_trim = 0;
+        drop(slots);
+        crate::fastpath::release_free_heap();
     }
 }
 
@@ -236,8 +267,7 @@ fn hand_over(client: TcpStream, server: TcpStream, peer: SocketAddr) -> Result<P
 
 /// Parks a session whose relay returned `Parked` (the sockets leave tokio's reactor at once)
 /// until either socket has something to read or report, or the idle timeout (`idle`, zero =
-/// none) expires. A plain fn around an `async move` block: an `async fn` would keep a second
-/// copy of its arguments for as long as the session is parked.
+/// none) expires.
 pub fn park<'a>(
     client: TcpStream,
     server: TcpStream,
@@ -245,35 +275,103 @@ pub fn park<'a>(
     traffic: &'a Traffic,
     idle: Duration,
     tcp_seen: &'a AtomicU64,
-) -> impl Future<Output = Resumed> + Send + 'a {
-    let handed = hand_over(client, server, peer);
-    async move {
-        let p = match handed {
-            Ok(p) => p,
-            Err(now) => return now,
+) -> Parking<'a> {
+    let state = match hand_over(client, server, peer) {
+        Ok(p) => State::Parked(p),
+        Err(now) => State::Ended(now),
+    };
+    Parking {
+        state,
+        peer,
+        traffic,
+        idle,
+        tcp_seen,
+        timer: None,
+    }
+}
+
+/// A parked session's wait. Written by hand, not `async`: it is most of what a parked
+/// session holds (an `async` block took twice the room).
+pub struct Parking<'a> {
+    state: State,
+    peer: SocketAddr,
+    traffic: &'a Traffic,
+    idle: Duration,
+    tcp_seen: &'a AtomicU64,
+    /// The idle timer's next look (`relay::idle_next_look`); made at the first poll.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+enum State {
+    Parked(Parked),
+    Ended(Resumed),
+    Done,
+}
+
+impl Future for Parking<'_> {
+    type Output = Resumed;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resumed> {
+        let this = self.get_mut();
+        let p = match &this.state {
+            State::Parked(p) => p,
+            State::Ended(_) => match std::mem::replace(&mut this.state, State::Done) {
+                State::Ended(now) => return Poll::Ready(now),
+                _ => return Poll::Pending,
+            },
+            // Polled after completion.
+            State::Done => return Poll::Pending,
         };
-        let fired = std::future::poll_fn(|cx| p.reg.poll_fired(cx));
-        if idle.is_zero() {
-            fired.await;
-        } else {
-            tokio::select! {
-                _ = fired => {}
-                _ = relay::idle_expired(traffic, idle, &p.client, &p.server, tcp_seen) => {
-                    let Parked { reg, client, server } = p;
-                    drop(reg);
-                    relay::close_idle(&client, &server);
-                    return Resumed::Closed(CloseReason::IdleTimeout);
+        if p.reg.poll_fired(cx).is_ready() {
+            tracing::debug!("relay: woken client={}", this.peer);
+            return match this.leave() {
+                Some((client, server)) => Poll::Ready(resume(client, server)),
+                None => Poll::Pending,
+            };
+        }
+        if this.idle.is_zero() {
+            return Poll::Pending;
+        }
+        loop {
+            let waited = match &mut this.timer {
+                Some(t) => {
+                    if t.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    true
                 }
+                None => false,
+            };
+            let (traffic, idle, seen) = (this.traffic, this.idle, this.tcp_seen);
+            let next = relay::idle_next_look(traffic, idle, &p.client, &p.server, seen, waited);
+            let Some(at) = next else {
+                if let Some((client, server)) = this.leave() {
+                    relay::close_idle(&client, &server);
+                }
+                return Poll::Ready(Resumed::Closed(CloseReason::IdleTimeout));
+            };
+            match &mut this.timer {
+                Some(t) => t.as_mut().reset(at.into()),
+                None => this.timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
             }
         }
-        tracing::debug!("relay: woken client={peer}");
-        let Parked {
-            reg,
-            client,
-            server,
-        } = p;
-        drop(reg);
-        resume(client, server)
+    }
+}
+
+impl Parking<'_> {
+    /// Out of the epoll set: the sockets are the caller's again (None: not parked).
+    fn leave(&mut self) -> Option<(StdTcpStream, StdTcpStream)> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Parked(Parked {
+                reg,
+                client,
+                server,
+            }) => {
+                drop(reg);
+                Some((client, server))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -543,18 +543,32 @@ pub async fn idle_expired<S: AsRawFd>(
     server: &S,
     seen: &AtomicU64,
 ) {
-    loop {
-        let now = Instant::now();
-        let deadline = traffic.last_activity() + idle;
-        if now >= deadline {
-            return;
-        }
-        tokio::time::sleep_until((deadline.min(now + idle / 4)).into()).await;
+    let mut waited = false;
+    while let Some(at) = idle_next_look(traffic, idle, client, server, seen, waited) {
+        tokio::time::sleep_until(at.into()).await;
+        waited = true;
+    }
+}
+
+/// One look of the idle timer (also park.rs's): after a wait (`waited`), bytes TCP moved
+/// refresh the clock. → None if the session is idle now, else when to look next.
+pub fn idle_next_look<S: AsRawFd>(
+    traffic: &Traffic,
+    idle: Duration,
+    client: &S,
+    server: &S,
+    seen: &AtomicU64,
+    waited: bool,
+) -> Option<Instant> {
+    if waited {
         let progress = tcp_progress(client, server);
         if seen.swap(progress, Relaxed) != progress {
             traffic.touch();
         }
     }
+    let now = Instant::now();
+    let deadline = traffic.last_activity() + idle;
+    (now < deadline).then(|| deadline.min(now + idle / 4))
 }
 
 /// Reads at most this many times per socket when discarding unread bytes at an idle close.
