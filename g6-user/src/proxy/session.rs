@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connect::{self, ConnectError};
-use super::park::{self, Resumed};
+use super::park::{self, FirstBytes, Resumed};
 use super::registry::{ListenerInfo, ProxyInfo, Registration};
 use super::relay::{self, CloseReason, DataPath, Outcome, SessionMeters};
 use super::sockmap;
@@ -153,14 +153,33 @@ fn relay_parking<'a>(
         // The idle clock starts once the server connection is made (SPEC.md §5.5).
         meters.traffic.touch();
         let carry = relay::Carry::new(&client, &server, idle);
-        loop {
-            // Boxed: a parked session frees the relay's state.
-            let relaying = Box::pin(relay::relay_or_park(
-                path, &client, &server, meters, idle, &carry,
-            ));
-            if let Outcome::Closed(reason) = relaying.await {
-                return reason;
+        // Boxed, as the relay below: neither is kept by a parked session.
+        let seen = &carry.tcp_seen;
+        let first = Box::pin(park::first_bytes(
+            &client,
+            &server,
+            meters.traffic,
+            idle,
+            seen,
+        ));
+        let mut bytes_came = match first.await {
+            FirstBytes::Came => true,
+            FirstBytes::Park => false,
+            FirstBytes::Idle => {
+                relay::close_idle(&client, &server);
+                return CloseReason::IdleTimeout;
             }
+        };
+        loop {
+            if bytes_came {
+                let relaying = Box::pin(relay::relay_or_park(
+                    path, &client, &server, meters, idle, &carry,
+                ));
+                if let Outcome::Closed(reason) = relaying.await {
+                    return reason;
+                }
+            }
+            bytes_came = true;
             match park::park(client, server, peer, meters.traffic, idle, &carry.tcp_seen).await {
                 Resumed::Relay(c, s) => (client, server) = (c, s),
                 Resumed::Closed(reason) => return reason,
