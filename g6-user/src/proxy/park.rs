@@ -44,12 +44,15 @@ struct Slot {
 struct Slots {
     slots: Vec<Slot>,
     free: Vec<usize>,
+    /// Sessions parked now.
+    parked: usize,
     /// Sessions parked since the driver last gave freed heap back.
     parked_since_trim: usize,
 }
 
 impl Slots {
     fn take(&mut self) -> usize {
+        self.parked += 1;
         self.parked_since_trim += 1;
         match self.free.pop() {
             Some(i) => i,
@@ -64,6 +67,7 @@ impl Slots {
         if let Some(slot) = self.slots.get_mut(i) {
             *slot = Slot::default();
             self.free.push(i);
+            self.parked -= 1;
         }
     }
 
@@ -129,16 +133,40 @@ impl Parker {
     }
 }
 
-/// Wakes the sessions whose sockets became readable (or hung up) until the runtime ends.
+/// Makes the next park on this thread create a new parker (when the driver ends).
+struct Retire<'a>(&'a Arc<Parker>);
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let _ = PARKER.try_with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if std::ptr::eq(cell.as_ptr(), Arc::as_ptr(self.0)) {
+                *cell = Weak::new();
+            }
+        });
+    }
+}
+
+/// Wakes the sessions whose sockets became readable (or hung up). Ends, closing the epoll
+/// set, once no session was parked for a whole tick (the next park makes a new one): an idle
+/// agent holds no descriptor more than before. Runs on the relay thread that made it, a
+/// current-thread runtime, so no park can come between its last look and its end.
 async fn drive(parker: Arc<Parker>) {
+    let _retire = Retire(&parker);
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
     let mut tick = tokio::time::interval(TRIM_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_empty = false;
     loop {
         let readable = tokio::select! {
             r = parker.epoll.readable() => r,
             _ = tick.tick() => {
                 trim_if_many_parked(&parker);
+                let empty = lock(&parker.slots).parked == 0;
+                if empty && was_empty {
+                    return;
+                }
+                was_empty = empty;
                 continue;
             }
         };
