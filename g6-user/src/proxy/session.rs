@@ -141,6 +141,7 @@ async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> 
 /// its relay has been at rest for `relay::PARK_AFTER`. Both sockets are closed on return.
 /// A plain fn around an `async move` block: an `async fn` would keep a second copy of its
 /// arguments in every parked session.
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
 fn relay_parking<'a>(
     path: DataPath,
     mut client: TcpStream,
@@ -191,6 +192,7 @@ fn relay_parking<'a>(
 /// Serves one admitted client to the end and logs its access line.
 /// A plain fn around an `async move` block: an `async fn` would keep a second copy of its
 /// arguments in every session's task.
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
 pub fn run(
     shared: Arc<Shared>,
     a: Admitted,
