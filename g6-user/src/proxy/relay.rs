@@ -7,15 +7,19 @@
 //! direction flows on. A reset or error on either socket ends both pumps and resets the other
 //! socket. The idle timer runs across both directions.
 
+use std::future::Future;
 use std::io::{self, Read as _};
 use std::os::fd::{AsFd, AsRawFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::pool;
 use crate::runtime::{RuleRuntime, ServerRuntime};
@@ -679,6 +683,17 @@ pub async fn relay_or_park(
     run.relay(None, true).await
 }
 
+/// Polls `timer` only until it is armed: it then wakes the task itself, and polling it on
+/// every wake-up for bytes would register the task's waker with it again each time (the
+/// keep-alive hot path).
+fn poll_armed(timer: Pin<&mut Sleep>, armed: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+    if *armed && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    *armed = true;
+    timer.poll(cx)
+}
+
 /// One relay run's inputs.
 struct Run<'a> {
     path: DataPath,
@@ -718,22 +733,31 @@ impl Run<'_> {
                 }
             };
             tokio::pin!(expired);
+            // Never in the past: a pump stuck writing moves nothing and is not at rest.
+            let park_due = || {
+                (meters.traffic.last_activity() + PARK_AFTER).max(Instant::now() + PARK_AFTER / 4)
+            };
+            let park_look = tokio::time::sleep_until(park_due().into());
+            tokio::pin!(park_look);
+            let mut armed = false;
             loop {
-                // Never in the past: a pump stuck writing moves nothing and is not at rest.
-                let park_due = (meters.traffic.last_activity() + PARK_AFTER)
-                    .max(Instant::now() + PARK_AFTER / 4);
                 tokio::select! {
+                    biased;
                     r = &mut both => break r,
                     _ = &mut expired => {
                         close_idle(client, server);
                         return Outcome::Closed(CloseReason::IdleTimeout);
                     }
-                    _ = tokio::time::sleep_until(park_due.into()), if may_park => {
+                    _ = std::future::poll_fn(|cx| poll_armed(park_look.as_mut(), &mut armed, cx)),
+                        if may_park =>
+                    {
                         let rest = up.at_rest.load(Relaxed) && down.at_rest.load(Relaxed);
                         if rest && meters.traffic.idle_for() >= PARK_AFTER {
                             return Outcome::Parked;
                         }
                         // Bytes moved meanwhile, or some are in flight: look again later.
+                        park_look.as_mut().reset(park_due().into());
+                        armed = false;
                     }
                 }
             }
