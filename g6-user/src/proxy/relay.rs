@@ -5,7 +5,8 @@
 //! Each direction is a pump with explicit state (see LIFECYCLE.md): it moves bytes until EOF,
 //! then shuts down the write side of the other socket (half-close) and ends; the other
 //! direction flows on. A reset or error on either socket ends both pumps and resets the other
-//! socket. The idle timer runs across both directions.
+//! socket. The idle timer runs across both directions. A relay with both pumps at rest for
+//! `PARK_AFTER` ends as `Outcome::Parked`: the session parks (park.rs) and relays again later.
 
 use std::future::Future;
 use std::io::{self, Read as _};
