@@ -26,9 +26,9 @@ pub mod tables;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use blocklist::BlockList;
+pub use error::GuardError;
 /// Most blocks in force at once (the XDP block maps' size; README).
 pub use g6_common::XDP_MAX_BLOCKED;
-pub use error::GuardError;
 pub use loader::{AttachMode, Guard, InheritedLink, LINKS_ENV, inherited_links};
 pub use maps::{BlockMaps, StatsMap};
 

@@ -3,6 +3,7 @@
 
 pub mod admin_conn;
 pub mod connect;
+pub mod park;
 pub mod pool;
 pub mod registry;
 pub mod relay;

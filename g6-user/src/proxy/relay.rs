@@ -5,17 +5,22 @@
 //! Each direction is a pump with explicit state (see LIFECYCLE.md): it moves bytes until EOF,
 //! then shuts down the write side of the other socket (half-close) and ends; the other
 //! direction flows on. A reset or error on either socket ends both pumps and resets the other
-//! socket. The idle timer runs across both directions.
+//! socket. The idle timer runs across both directions. A relay with both pumps at rest for
+//! `PARK_AFTER` ends as `Outcome::Parked`: the session parks (park.rs) and relays again later.
 
+use std::future::Future;
 use std::io::{self, Read as _};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::pool;
 use crate::runtime::{RuleRuntime, ServerRuntime};
@@ -167,6 +172,42 @@ struct RtProbe {
     pending_us: AtomicU64,
 }
 
+/// What a session keeps across relay runs when it parks (park.rs): the RT turn, and the TCP
+/// progress the idle timer saw last (so bytes TCP moved around a park still count).
+pub struct Carry {
+    rt: RtProbe,
+    pub tcp_seen: AtomicU64,
+}
+
+impl Carry {
+    /// `idle`: the idle timeout (zero: none, TCP's progress is never looked at).
+    pub fn new<S: AsRawFd>(client: &S, server: &S, idle: Duration) -> Self {
+        let tcp_seen = if idle.is_zero() {
+            0
+        } else {
+            tcp_progress(client, server)
+        };
+        Carry {
+            rt: RtProbe {
+                turn_open: AtomicBool::new(true),
+                pending_us: AtomicU64::new(0),
+            },
+            tcp_seen: AtomicU64::new(tcp_seen),
+        }
+    }
+}
+
+/// How long a relay must have moved nothing, both pumps waiting for bytes, before it parks.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How a relay run ended.
+pub enum Outcome {
+    Closed(CloseReason),
+    /// Idle for [`PARK_AFTER`] with both pumps at rest: nothing is in flight, the sockets
+    /// can be handed to the parker (park.rs) and the relay started again when bytes come.
+    Parked,
+}
+
 /// Everything a pump updates besides the bytes themselves.
 pub struct SessionMeters<'a> {
     pub traffic: &'a Traffic,
@@ -213,6 +254,9 @@ struct Pump<'a> {
     eof_gate: Option<EofGate<'a>>,
     /// Bytes read from `from` by this pump.
     read: AtomicU64,
+    /// Waiting for `from` to be readable with nothing in flight (no buffer, pipe or write
+    /// pending, no EOF seen): the relay may park.
+    at_rest: AtomicBool,
 }
 
 /// What one buffered read-and-write did.
@@ -408,11 +452,21 @@ impl Pump<'_> {
         }
     }
 
+    /// Waits for `from` to be readable, at rest meanwhile; true if the readiness reported
+    /// the sender's FIN too (EPOLLRDHUP).
+    async fn rest(&self) -> Result<bool, PumpError> {
+        self.at_rest.store(true, Relaxed);
+        let ready = self.from.ready(Interest::READABLE).await;
+        self.at_rest.store(false, Relaxed);
+        ready
+            .map(|r| r.is_read_closed())
+            .map_err(|e| self.read_error(e))
+    }
+
     async fn run_copy(&self) -> Result<(), PumpError> {
         let mut gated_since = None;
         loop {
-            let ready = self.from.ready(Interest::READABLE).await;
-            let fin = ready.map_err(|e| self.read_error(e))?.is_read_closed();
+            let fin = self.rest().await?;
             if let Copied::Eof | Copied::Last = self.copy_once(&mut gated_since, fin).await? {
                 return self.eof();
             }
@@ -428,8 +482,7 @@ impl Pump<'_> {
         let to_fd = self.to.as_raw_fd();
         let mut bulk = false;
         loop {
-            let ready = self.from.ready(Interest::READABLE).await;
-            let fin = ready.map_err(|e| self.read_error(e))?.is_read_closed();
+            let fin = self.rest().await?;
             if !bulk {
                 match self.copy_once(&mut None, fin).await? {
                     Copied::Eof | Copied::Last => return self.eof(),
@@ -531,7 +584,7 @@ fn at_eof(from: &TcpStream) -> bool {
 /// Bytes TCP moved on both sockets (acknowledged by each peer + received from it). It grows
 /// without the pumps too: a slow reader acknowledging what the agent had queued (a blocked
 /// writer is only woken once half its send buffer is free).
-pub fn tcp_progress(client: &TcpStream, server: &TcpStream) -> u64 {
+pub fn tcp_progress<S: AsRawFd>(client: &S, server: &S) -> u64 {
     [client, server]
         .into_iter()
         .filter_map(|s| crate::fastpath::tcp_info(s.as_raw_fd()).ok())
@@ -541,22 +594,40 @@ pub fn tcp_progress(client: &TcpStream, server: &TcpStream) -> u64 {
 
 /// Completes when the session has been idle (no byte either way) for `idle`: neither the
 /// pumps nor TCP moved a byte. TCP's counters are looked at every quarter of the timeout,
-/// so a close comes at most that much late.
-async fn idle_expired(traffic: &Traffic, idle: Duration, client: &TcpStream, server: &TcpStream) {
-    let mut seen = tcp_progress(client, server);
-    loop {
-        let now = Instant::now();
-        let deadline = traffic.last_activity() + idle;
-        if now >= deadline {
-            return;
-        }
-        tokio::time::sleep_until((deadline.min(now + idle / 4)).into()).await;
+/// so a close comes at most that much late. `seen`: TCP's progress when last looked at.
+pub async fn idle_expired<S: AsRawFd>(
+    traffic: &Traffic,
+    idle: Duration,
+    client: &S,
+    server: &S,
+    seen: &AtomicU64,
+) {
+    let mut waited = false;
+    while let Some(at) = idle_next_look(traffic, idle, client, server, seen, waited) {
+        tokio::time::sleep_until(at.into()).await;
+        waited = true;
+    }
+}
+
+/// One look of the idle timer (also park.rs's): after a wait (`waited`), bytes TCP moved
+/// refresh the clock. → None if the session is idle now, else when to look next.
+pub fn idle_next_look<S: AsRawFd>(
+    traffic: &Traffic,
+    idle: Duration,
+    client: &S,
+    server: &S,
+    seen: &AtomicU64,
+    waited: bool,
+) -> Option<Instant> {
+    if waited {
         let progress = tcp_progress(client, server);
-        if progress != seen {
-            seen = progress;
+        if seen.swap(progress, Relaxed) != progress {
             traffic.touch();
         }
     }
+    let now = Instant::now();
+    let deadline = traffic.last_activity() + idle;
+    (now < deadline).then(|| deadline.min(now + idle / 4))
 }
 
 /// Reads at most this many times per socket when discarding unread bytes at an idle close.
@@ -565,7 +636,7 @@ const IDLE_DISCARD_READS: usize = 256;
 /// Idle timeout (SPEC.md §5.5): FIN to both sides. close(2) of a socket holding unread
 /// bytes (a receiver that stopped reading) would send an RST instead, so the FIN goes first,
 /// then what is unread is discarded (bounded); a late RST then still follows the FIN.
-pub fn close_idle(client: &TcpStream, server: &TcpStream) {
+pub fn close_idle<S: AsFd>(client: &S, server: &S) {
     for s in [client, server] {
         let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
     }
@@ -604,7 +675,7 @@ pub async fn acked_or_stalled(stream: &TcpStream) {
 }
 
 /// Closes `stream` with a reset (linger 0) when it is dropped.
-pub fn reset(stream: &TcpStream) {
+pub fn reset<S: AsFd>(stream: &S) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
@@ -629,58 +700,141 @@ pub async fn relay_gated(
     idle: Duration,
     eof_gate: Option<EofGate<'_>>,
 ) -> CloseReason {
-    let rt = RtProbe {
-        turn_open: AtomicBool::new(true),
-        pending_us: AtomicU64::new(0),
-    };
-    let up = Pump {
-        from: client,
-        to: server,
-        side: Side::Client,
-        meters,
-        rt: &rt,
-        eof_gate,
-        read: AtomicU64::new(0),
-    };
-    let down = Pump {
-        from: server,
-        to: client,
-        side: Side::Server,
-        meters,
-        rt: &rt,
-        eof_gate,
-        read: AtomicU64::new(0),
-    };
     meters.traffic.touch();
-    let both = async { tokio::try_join!(up.run(path), down.run(path)) };
-    let outcome = if idle.is_zero() {
-        both.await
-    } else {
-        tokio::select! {
-            r = both => r,
-            _ = idle_expired(meters.traffic, idle, client, server) => {
-                close_idle(client, server);
-                return CloseReason::IdleTimeout;
-            }
-        }
+    let carry = Carry::new(client, server, idle);
+    let run = Run {
+        path,
+        client,
+        server,
+        meters,
+        idle,
+        carry: &carry,
     };
-    match outcome {
-        Ok(_) => meters.traffic.first_close(),
-        Err(PumpError::Reset(Side::Client)) => {
-            acked_or_stalled(server).await;
-            reset(server);
-            CloseReason::ClientReset
-        }
-        Err(PumpError::Reset(Side::Server)) => {
-            acked_or_stalled(client).await;
-            reset(client);
-            CloseReason::ServerReset
-        }
-        Err(PumpError::Local(e)) => {
-            tracing::error!("relay: local failure: {e}");
-            reset(client);
-            reset(server);
-            CloseReason::Error
-        }
+    match run.relay(eof_gate, false).await {
+        Outcome::Closed(reason) => reason,
+        Outcome::Parked => unreachable!("a relay that may not park never parks"),
+    }
+}
+
+/// [`relay`] that returns [`Outcome::Parked`] once it has been at rest for [`PARK_AFTER`]
+/// (session.rs then parks it). The caller starts the idle clock (`Traffic::touch`) once for
+/// the session; `carry` goes from one run to the next.
+pub async fn relay_or_park(
+    path: DataPath,
+    client: &TcpStream,
+    server: &TcpStream,
+    meters: &SessionMeters<'_>,
+    idle: Duration,
+    carry: &Carry,
+) -> Outcome {
+    let run = Run {
+        path,
+        client,
+        server,
+        meters,
+        idle,
+        carry,
+    };
+    run.relay(None, true).await
+}
+
+/// Polls `timer` only until it is armed: it then wakes the task itself, and polling it on
+/// every wake-up for bytes would register the task's waker with it again each time (the
+/// keep-alive hot path).
+fn poll_armed(timer: Pin<&mut Sleep>, armed: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+    if *armed && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    *armed = true;
+    timer.poll(cx)
+}
+
+/// One relay run's inputs.
+struct Run<'a> {
+    path: DataPath,
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    meters: &'a SessionMeters<'a>,
+    idle: Duration,
+    carry: &'a Carry,
+}
+
+impl Run<'_> {
+    async fn relay(&self, eof_gate: Option<EofGate<'_>>, may_park: bool) -> Outcome {
+        let (client, server, meters, idle) = (self.client, self.server, self.meters, self.idle);
+        let pump = |from, to, side| Pump {
+            from,
+            to,
+            side,
+            meters,
+            rt: &self.carry.rt,
+            eof_gate,
+            read: AtomicU64::new(0),
+            at_rest: AtomicBool::new(false),
+        };
+        let up = pump(client, server, Side::Client);
+        let down = pump(server, client, Side::Server);
+        let both = async { tokio::try_join!(up.run(self.path), down.run(self.path)) };
+        let outcome = if idle.is_zero() && !may_park {
+            both.await
+        } else {
+            tokio::pin!(both);
+            let expired = async {
+                if idle.is_zero() {
+                    std::future::pending().await
+                } else {
+                    let seen = &self.carry.tcp_seen;
+                    idle_expired(meters.traffic, idle, client, server, seen).await
+                }
+            };
+            tokio::pin!(expired);
+            // Never in the past: a pump stuck writing moves nothing and is not at rest.
+            let park_due = || {
+                (meters.traffic.last_activity() + PARK_AFTER).max(Instant::now() + PARK_AFTER / 4)
+            };
+            let park_look = tokio::time::sleep_until(park_due().into());
+            tokio::pin!(park_look);
+            let mut armed = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut both => break r,
+                    _ = &mut expired => {
+                        close_idle(client, server);
+                        return Outcome::Closed(CloseReason::IdleTimeout);
+                    }
+                    _ = std::future::poll_fn(|cx| poll_armed(park_look.as_mut(), &mut armed, cx)),
+                        if may_park =>
+                    {
+                        let rest = up.at_rest.load(Relaxed) && down.at_rest.load(Relaxed);
+                        if rest && meters.traffic.idle_for() >= PARK_AFTER {
+                            return Outcome::Parked;
+                        }
+                        // Bytes moved meanwhile, or some are in flight: look again later.
+                        park_look.as_mut().reset(park_due().into());
+                        armed = false;
+                    }
+                }
+            }
+        };
+        Outcome::Closed(match outcome {
+            Ok(_) => meters.traffic.first_close(),
+            Err(PumpError::Reset(Side::Client)) => {
+                acked_or_stalled(server).await;
+                reset(server);
+                CloseReason::ClientReset
+            }
+            Err(PumpError::Reset(Side::Server)) => {
+                acked_or_stalled(client).await;
+                reset(client);
+                CloseReason::ServerReset
+            }
+            Err(PumpError::Local(e)) => {
+                tracing::error!("relay: local failure: {e}");
+                reset(client);
+                reset(server);
+                CloseReason::Error
+            }
+        })
     }
 }

@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::connect::{self, ConnectError};
+use super::park::{self, FirstBytes, Resumed};
 use super::registry::{ListenerInfo, ProxyInfo, Registration};
-use super::relay::{self, CloseReason, DataPath, SessionMeters};
+use super::relay::{self, CloseReason, DataPath, Outcome, SessionMeters};
 use super::sockmap;
 use crate::isolation::Now;
 use crate::limits::{Permit, SlotPermit};
@@ -151,79 +152,144 @@ async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> 
     }
 }
 
-/// Serves one admitted client to the end and logs its access line.
-pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ProxyInfo>) {
-    let runtime = a.runtime.clone();
-    let rule = &runtime.config.rules[a.rule];
-    let rr = &runtime.rules[a.rule];
-    rr.counters.active.fetch_add(1, Relaxed);
-    rr.counters.total.fetch_add(1, Relaxed);
-    let start = info.traffic.start;
+/// Relays a user-space session (copy, splice) to its end, parking it (park.rs) whenever
+/// its relay has been at rest for `relay::PARK_AFTER`. Both sockets are closed on return.
+/// A plain fn around an `async move` block: an `async fn` would keep a second copy of its
+/// arguments in every parked session.
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
+fn relay_parking<'a>(
+    path: DataPath,
+    mut client: TcpStream,
+    mut server: TcpStream,
+    peer: SocketAddr,
+    meters: &'a SessionMeters<'a>,
+    idle: Duration,
+) -> impl Future<Output = CloseReason> + Send + 'a {
+    async move {
+        // The idle clock starts once the server connection is made (SPEC.md §5.5).
+        meters.traffic.touch();
+        let carry = relay::Carry::new(&client, &server, idle);
+        // Boxed, as the relay below: neither is kept by a parked session.
+        let seen = &carry.tcp_seen;
+        let first = Box::pin(park::first_bytes(
+            &client,
+            &server,
+            meters.traffic,
+            idle,
+            seen,
+        ));
+        let mut bytes_came = match first.await {
+            FirstBytes::Came => true,
+            FirstBytes::Park => false,
+            FirstBytes::Idle => {
+                relay::close_idle(&client, &server);
+                return CloseReason::IdleTimeout;
+            }
+        };
+        loop {
+            if bytes_came {
+                let relaying = Box::pin(relay::relay_or_park(
+                    path, &client, &server, meters, idle, &carry,
+                ));
+                if let Outcome::Closed(reason) = relaying.await {
+                    return reason;
+                }
+            }
+            bytes_came = true;
+            match park::park(client, server, peer, meters.traffic, idle, &carry.tcp_seen).await {
+                Resumed::Relay(c, s) => (client, server) = (c, s),
+                Resumed::Closed(reason) => return reason,
+            }
+        }
+    }
+}
 
-    // Boxed: a session's task then holds only the state of the stage it is in — connecting,
-    // or relaying on one data path — not the largest of them all (idle RSS per session).
-    let connecting = Box::pin(select_and_connect(&shared, &a, &info));
-    let (reason, server_addr, path) = match connecting.await {
-        Attempt::Failed(reason) => {
-            rr.counters.refused.fetch_add(1, Relaxed);
-            (reason, None, None)
-        }
-        Attempt::Connected(server_stream, chosen) => {
-            let path = shared.data_path;
-            chosen.server.total.fetch_add(1, Relaxed);
-            *lock(&info.server) = Some((chosen.server.entry.addr, server_stream.as_raw_fd()));
-            info.set_path(path);
-            info.connected.store(true, Relaxed);
-            let idle = Duration::from_secs(rule.listens[a.listen].timeout.into());
-            let meters = SessionMeters {
-                traffic: &info.traffic,
-                rule: rr,
-                server: &chosen.server,
-            };
-            let relaying: Pin<Box<dyn Future<Output = CloseReason> + Send + '_>> =
-                match &shared.accelerator {
-                    Some(acc) if path == DataPath::Sockmap => Box::pin(sockmap::relay(
-                        acc,
-                        DataPath::Splice,
-                        &a.client,
-                        &server_stream,
-                        &meters,
-                        idle,
-                    )),
-                    _ => Box::pin(relay::relay(path, &a.client, &server_stream, &meters, idle)),
+/// Serves one admitted client to the end and logs its access line.
+/// A plain fn around an `async move` block: an `async fn` would keep a second copy of its
+/// arguments in every session's task.
+#[allow(clippy::manual_async_fn)] // On purpose: see above.
+pub fn run(
+    shared: Arc<Shared>,
+    a: Admitted,
+    info: Arc<ProxyInfo>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let runtime = a.runtime.clone();
+        let rule = &runtime.config.rules[a.rule];
+        let rr = &runtime.rules[a.rule];
+        rr.counters.active.fetch_add(1, Relaxed);
+        rr.counters.total.fetch_add(1, Relaxed);
+        let start = info.traffic.start;
+
+        // Boxed: a session's task then holds only the state of the stage it is in — connecting,
+        // or relaying on one data path — not the largest of them all (idle RSS per session).
+        let attempt = Box::pin(select_and_connect(&shared, &a, &info)).await;
+        // Taken out: a session that parks owns its client socket (park.rs).
+        let mut client = Some(a.client);
+        let (reason, server_addr, path) = match attempt {
+            Attempt::Failed(reason) => {
+                rr.counters.refused.fetch_add(1, Relaxed);
+                (reason, None, None)
+            }
+            Attempt::Connected(server_stream, chosen) => {
+                let path = shared.data_path;
+                chosen.server.total.fetch_add(1, Relaxed);
+                *lock(&info.server) = Some((chosen.server.entry.addr, server_stream.as_raw_fd()));
+                info.set_path(path);
+                info.connected.store(true, Relaxed);
+                let idle = Duration::from_secs(rule.listens[a.listen].timeout.into());
+                let meters = SessionMeters {
+                    traffic: &info.traffic,
+                    rule: rr,
+                    server: &chosen.server,
                 };
-            let reason = relaying.await;
-            drop(server_stream);
-            (reason, Some(chosen.server.entry.addr), Some(path))
-        }
-    };
-    let (peer, listen) = (a.peer, a.listener.addr);
-    // Fixed: close the client socket and free its slot and client-entry count BEFORE the
-    // session is reported ended (rule `active`, access line). Before, they were released
-    // after both, so a client connecting once `show stats` showed the session gone (or its
-    // access line was written) could still be refused by `max_*` or `-s` (tests/limits.rs).
-    // The registration stays until the access line is written.
-    let Admitted {
-        registration,
-        client,
-        slot,
-        client_permit,
-        ..
-    } = a;
-    drop((client, slot, client_permit));
-    rr.counters.active.fetch_sub(1, Relaxed);
-    access_log(
-        &rule.id,
-        peer,
-        listen,
-        server_addr,
-        path,
-        (
-            info.traffic.bytes_in.load(Relaxed),
-            info.traffic.bytes_out.load(Relaxed),
-        ),
-        start,
-        reason,
-    );
-    drop(registration);
+                let client = client.take().expect("the client socket is taken once");
+                let relaying: Pin<Box<dyn Future<Output = CloseReason> + Send + '_>> =
+                    match &shared.accelerator {
+                        Some(acc) if path == DataPath::Sockmap => Box::pin(async move {
+                            let (c, s) = (&client, &server_stream);
+                            sockmap::relay(acc, DataPath::Splice, c, s, &meters, idle).await
+                        }),
+                        _ => Box::pin(relay_parking(
+                            path,
+                            client,
+                            server_stream,
+                            a.peer,
+                            &meters,
+                            idle,
+                        )),
+                    };
+                let reason = relaying.await;
+                (reason, Some(chosen.server.entry.addr), Some(path))
+            }
+        };
+        let (peer, listen) = (a.peer, a.listener.addr);
+        // Fixed: close the client socket and free its slot and client-entry count BEFORE the
+        // session is reported ended (rule `active`, access line). Before, they were released
+        // after both, so a client connecting once `show stats` showed the session gone (or its
+        // access line was written) could still be refused by `max_*` or `-s` (tests/limits.rs).
+        // The registration stays until the access line is written.
+        let Admitted {
+            registration,
+            slot,
+            client_permit,
+            ..
+        } = a;
+        drop((client, slot, client_permit));
+        rr.counters.active.fetch_sub(1, Relaxed);
+        access_log(
+            &rule.id,
+            peer,
+            listen,
+            server_addr,
+            path,
+            (
+                info.traffic.bytes_in.load(Relaxed),
+                info.traffic.bytes_out.load(Relaxed),
+            ),
+            start,
+            reason,
+        );
+        drop(registration);
+    }
 }
