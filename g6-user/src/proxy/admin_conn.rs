@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::Shared;
 use super::registry::{Entry, ManagerInfo};
 use super::relay::CloseReason;
-use super::session::{Admitted, access_log};
+use super::session::{Admitted, access_log, end_served};
 use crate::admin::{self, AdminState, Clock, Effect, LineSplitter, SessionRow};
 use crate::runtime::lock;
 
@@ -131,9 +131,6 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ManagerInfo>) {
         }
     };
     let (rule, peer, listen) = (a.rule, a.peer, a.listener.addr);
-    // Fixed: close the socket and free its slot and client-entry count before the connection
-    // is reported ended (`active`, access line), as in `session::run`; the registration stays
-    // until the access line is written.
     let Admitted {
         registration,
         client,
@@ -141,17 +138,22 @@ pub async fn run(shared: Arc<Shared>, a: Admitted, info: Arc<ManagerInfo>) {
         client_permit,
         ..
     } = a;
-    drop((client, slot, client_permit));
-    rr.counters.active.fetch_sub(1, Relaxed);
-    access_log(
-        &rt.config.rules[rule].id,
-        peer,
-        listen,
-        None,
-        None,
-        (received, sent),
-        start,
-        reason,
+    end_served(
+        (client, slot, client_permit),
+        &rr.counters.active,
+        || {
+            let id = &rt.config.rules[rule].id;
+            access_log(
+                id,
+                peer,
+                listen,
+                None,
+                None,
+                (received, sent),
+                start,
+                reason,
+            );
+        },
+        registration,
     );
-    drop(registration);
 }

@@ -264,32 +264,49 @@ pub fn run(
             }
         };
         let (peer, listen) = (a.peer, a.listener.addr);
-        // Fixed: close the client socket and free its slot and client-entry count BEFORE the
-        // session is reported ended (rule `active`, access line). Before, they were released
-        // after both, so a client connecting once `show stats` showed the session gone (or its
-        // access line was written) could still be refused by `max_*` or `-s` (tests/limits.rs).
-        // The registration stays until the access line is written.
         let Admitted {
             registration,
             slot,
             client_permit,
             ..
         } = a;
-        drop((client, slot, client_permit));
-        rr.counters.active.fetch_sub(1, Relaxed);
-        access_log(
-            &rule.id,
-            peer,
-            listen,
-            server_addr,
-            path,
-            (
-                info.traffic.bytes_in.load(Relaxed),
-                info.traffic.bytes_out.load(Relaxed),
-            ),
-            start,
-            reason,
+        end_served(
+            (client, slot, client_permit),
+            &rr.counters.active,
+            || {
+                let bytes = (
+                    info.traffic.bytes_in.load(Relaxed),
+                    info.traffic.bytes_out.load(Relaxed),
+                );
+                access_log(
+                    &rule.id,
+                    peer,
+                    listen,
+                    server_addr,
+                    path,
+                    bytes,
+                    start,
+                    reason,
+                );
+            },
+            registration,
         );
-        drop(registration);
     }
+}
+
+/// Ends a served client (proxied or admin) in the order that keeps limits exact. Fixed: its
+/// socket closes and its slot and client-entry count (`released`) are freed BEFORE it is
+/// reported ended (rule `active`, access line). Released after both, a client connecting
+/// once `show stats` showed the session gone (or its access line was written) could still be
+/// refused by `max_*` or `-s` (tests/limits.rs). The `show sessions` entry goes last.
+pub fn end_served<R>(
+    released: R,
+    active: &std::sync::atomic::AtomicU64,
+    log_access: impl FnOnce(),
+    registration: Registration,
+) {
+    drop(released);
+    active.fetch_sub(1, Relaxed);
+    log_access();
+    drop(registration);
 }
