@@ -228,6 +228,7 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
     // Before forking anything: the worker shares the guard's maps through inherited fds.
     let xdp_mode = match opts.xdp {
         XdpChoice::Off => None,
+        XdpChoice::Auto => Some(AttachMode::Auto),
         XdpChoice::Generic => Some(AttachMode::Generic),
         XdpChoice::Native => Some(AttachMode::Native),
     };

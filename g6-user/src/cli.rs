@@ -17,7 +17,7 @@ pub const USAGE: &str = "USAGE : G6 -f (config_pathfilename) [ -t (forward_threa
 [ -s (forward_session_size) ] [ --log-level (DEBUG|INFO|WARN|ERROR|FATAL) ] \
 [ --log-filename (logfilename) ] [ --close-log ] [ --no-daemon ] [ --set-cpu-affinity ] \
 [ --check ] [ --data-path (auto|sockmap|splice|copy) ] [ --pid-file (pathfilename) ] \
-[ --xdp (off|generic|native) ]";
+[ --xdp (auto|off|generic|native) ]";
 
 /// `G6 v<semver> build <date>` then the product line.
 pub fn version_text() -> String {
@@ -73,6 +73,8 @@ impl DataPathChoice {
 /// `--xdp` [ext]: the XDP guard's attachment mode, or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpChoice {
+    /// Native mode where the driver has an XDP hook, nothing elsewhere (the default).
+    Auto,
     Off,
     Generic,
     Native,
@@ -81,6 +83,7 @@ pub enum XdpChoice {
 impl XdpChoice {
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "auto" => Self::Auto,
             "off" => Self::Off,
             "generic" => Self::Generic,
             "native" => Self::Native,
@@ -238,7 +241,7 @@ where
         }
     };
     let xdp = match raw.xdp.as_deref() {
-        None => XdpChoice::Generic,
+        None => XdpChoice::Auto,
         Some(v) => XdpChoice::parse(v).ok_or_else(|| invalid_opt(format!("--xdp {v}")))?,
     };
     let Some(config) = raw.config else {
@@ -286,7 +289,7 @@ mod tests {
         assert_eq!(o.sessions, None);
         assert_eq!(o.log_level, LogLevel::Info);
         assert_eq!(o.data_path, DataPathChoice::Auto);
-        assert_eq!(o.xdp, XdpChoice::Generic);
+        assert_eq!(o.xdp, XdpChoice::Auto);
         assert!(!o.no_daemon && !o.close_log && !o.set_cpu_affinity && !o.check);
     }
 
@@ -316,6 +319,11 @@ mod tests {
         ]);
         assert_eq!(o.xdp, XdpChoice::Native);
         assert_eq!(run(&["-f", "a", "--xdp", "off"]).xdp, XdpChoice::Off);
+        assert_eq!(run(&["-f", "a", "--xdp", "auto"]).xdp, XdpChoice::Auto);
+        assert_eq!(
+            run(&["-f", "a", "--xdp", "generic"]).xdp,
+            XdpChoice::Generic
+        );
         assert_eq!(o.threads, Some(3));
         assert_eq!(o.sessions, Some(100));
         assert_eq!(o.log_level, LogLevel::Debug);

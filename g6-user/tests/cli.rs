@@ -36,7 +36,7 @@ fn assert_usage(stdout: &str, ctx: &str) {
         "--check",
         "--data-path",
         "--pid-file",
-        "[ --xdp (off|generic|native) ]",
+        "[ --xdp (auto|off|generic|native) ]",
     ] {
         assert!(
             stdout.contains(ext),

@@ -370,6 +370,49 @@ fn native_mode_on_veth_and_fallback_on_lo() {
     assert!(drops(&seg).1 >= 1);
 }
 
+/// `--xdp auto` (the default): native mode where the driver has a hook (veth), and no
+/// generic attachment where it has none (`lo`), since generic XDP copies every TCP segment
+/// that interface receives, for the whole host.
+#[test]
+fn auto_mode_guards_natively_and_leaves_lo_alone() {
+    if !available() {
+        return;
+    }
+    let seg = Segment::new("a");
+    let s1 = backend(&seg);
+    let [allowed, disallowed, _] = CLIENT_IPS;
+    let conf = format!(
+        "{}local G 127.0.0.1:* - 127.0.0.1:8602 ;\n",
+        conf(s1.addr(), "")
+    );
+    let g6 = start(&seg, &conf, &["--xdp", "auto"]);
+    let link = seg
+        .server
+        .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
+    assert!(link.contains(" xdp ") || link.contains(" xdp/"), "{link}");
+    assert!(!link.contains("xdpgeneric"), "{link}");
+    let lo = seg.server.ip_out(&["-d", "link", "show", "dev", "lo"]);
+    assert!(!lo.contains("xdp"), "lo must stay unguarded: {lo}");
+    let stats = admin(&seg, "show stats\n");
+    let want = format!("xdp auto {} ", seg.server_if);
+    let got = stats.lines().find(|l| l.starts_with("xdp ")).unwrap_or("");
+    assert!(got.starts_with(&want), "{got:?} {}", g6.diagnostics());
+    assert!(
+        g6.log_contents()
+            .contains("xdp: lo has no native XDP hook; not guarded"),
+        "{}",
+        g6.diagnostics()
+    );
+    assert_eq!(
+        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
+        "s1"
+    );
+    assert!(is_timeout(&connect_from(
+        &seg, disallowed, WEB_PORT, DROPPED
+    )));
+    assert!(drops(&seg).1 >= 1);
+}
+
 #[test]
 #[ignore = "measurement: ~1 minute of floods; run with --ignored --nocapture"]
 fn syn_flood_measurement() {
