@@ -1037,7 +1037,8 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "None: every load completed without socket errors, non-2xx responses, short \
-             bodies, iperf3 errors or failed connects.\n"
+             bodies, `paced` loads that were not client-bound, iperf3 errors or failed \
+             connects.\n"
         );
     } else {
         for s in bad {
@@ -1154,7 +1155,8 @@ pub fn markdown(r: &Results) -> String {
         o,
         "* Robustness: every server is awaited by polling (LISTEN in /proc/net/tcp, then an \
          HTTP 200 through it) with a deadline; each load runs under a timeout; wrk socket \
-         errors, non-2xx responses, short bodies and iperf3 errors flag the sample; before each \
+         errors, non-2xx responses, short bodies, a `paced` load that was not client-bound and \
+         iperf3 errors flag the sample; before each \
          load the harness waits until no connection of the previous one is left; all processes \
          are stopped by PID at the end (also on error or Ctrl-C)."
     );
@@ -1244,11 +1246,7 @@ pub fn svg(r: &Results) -> String {
             "CPU µs per keep-alive request",
         ),
         ("keepalive", "p99_us", "Keep-alive latency p99, µs"),
-        (
-            "paced",
-            "rate",
-            "Paced keep-alive requests / s (client-bound)",
-        ),
+        ("paced", "rate", "Paced keep-alive req/s"),
         ("file", "rate", "100 KiB responses / s"),
         ("bulk1", "gbit_s", "Bulk, 1 stream, Gbit/s"),
         ("bulk8", "gbit_s", "Bulk, 8 streams, Gbit/s"),
@@ -1307,18 +1305,27 @@ pub fn svg(r: &Results) -> String {
         let y0 = top + ph * (i / cols) as f64;
         let mt = metric(test, key);
         let hb = mt.is_some_and(|m| m.higher_better);
-        // G6's absolute goals as a dashed line.
+        // G6's absolute goals, and those relative to `direct` (at direct's median), as a
+        // dashed line: (position, caption).
         let goal = GOALS
             .iter()
-            .find(|g| g.basis == Basis::Value && g.test == *test && g.key == *key)
-            .map(|g| g.threshold);
+            .find(|g| g.test == *test && g.key == *key)
+            .and_then(|g| match g.basis {
+                Basis::Value => Some((g.threshold, num(g.threshold))),
+                Basis::Direct => r
+                    .row("direct", test, key)
+                    .and_then(|d| d.value)
+                    .map(|d| (g.threshold * d.median, format!("{}× direct", g.threshold))),
+                Basis::Peer => None,
+            });
         let _ = writeln!(
             o,
             r##"<text x="{x0:.0}" y="{:.0}" font-size="12" font-weight="bold">{} <tspan font-weight="normal" fill="#666">({} is better{})</tspan></text>"##,
             y0 + 16.0,
             esc(title),
             if hb { "higher" } else { "lower" },
-            goal.map_or(String::new(), |g| format!("; dashed: G6 goal {}", num(g)))
+            goal.as_ref()
+                .map_or(String::new(), |(_, g)| format!("; dashed: G6 goal {g}"))
         );
         let rows: Vec<(&Target, Option<&Row>)> = r
             .targets
@@ -1333,6 +1340,7 @@ pub fn svg(r: &Results) -> String {
             .fold(0.0f64, f64::max)
             .max(1e-12)
             * 1.1;
+        let goal = goal.map(|(g, _)| g);
         let vmax = goal.map_or(vmax, |g| vmax.max(g * 1.1));
         let clip = bar_w * 1.12;
         let xv = |v: f64| x0 + label_w + (bar_w * v / vmax).min(clip);
