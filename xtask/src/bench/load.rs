@@ -65,9 +65,34 @@ pub struct WrkParams<'a> {
     pub seconds: u32,
     /// `Connection: close`: a new connection per request.
     pub close: bool,
+    /// The Lua script: setup's report hook, or its paced variant when `think_ms` is set.
     pub lua: &'a Path,
     /// Smallest acceptable body; shorter average responses are an error.
     pub min_body: usize,
+    /// Think time per request of the paced script in `lua` (ms); the sample is then checked to
+    /// be client-bound ([`not_client_bound`]).
+    pub think_ms: Option<u32>,
+}
+
+/// Least share of the offered ceiling (connections × 1000 / think ms) a paced load must reach.
+/// A connection's cycle is its think time plus the time its request takes (response latency
+/// and wrk's timer slack); at half the ceiling these two are equal. Below it, each connection
+/// waits for the server longer than it thinks, so the server path, not the client's pacing,
+/// sets the rate: the sample is not the client-bound case the figure is for. (Direct here:
+/// about 65 % of the ceiling.)
+pub const PACED_MIN_SHARE: f64 = 0.5;
+
+/// Why a paced load at `rate` req/s was not client-bound, if it was not.
+pub fn not_client_bound(rate: f64, connections: u32, think_ms: u32) -> Option<String> {
+    let ceiling = f64::from(connections) * 1000.0 / f64::from(think_ms.max(1));
+    (rate < PACED_MIN_SHARE * ceiling).then(|| {
+        format!(
+            "not client-bound: {rate:.0} req/s is below {:.0} % of the offered ceiling \
+             {ceiling:.0} req/s ({connections} connections, {think_ms} ms think time), so the \
+             requests took longer than the think time",
+            PACED_MIN_SHARE * 100.0
+        )
+    })
 }
 
 pub fn wrk_command(p: &WrkParams) -> Command {
@@ -127,6 +152,13 @@ pub fn wrk(p: &WrkParams) -> Result<Load> {
     load.requests = s.requests;
     load.bytes = s.bytes;
     load.seconds = s.duration_us / 1e6;
+    if let Some(think) = p.think_ms
+        && s.requests >= 1.0
+    {
+        let rate = s.requests / load.seconds.max(1e-9);
+        load.errors
+            .extend(not_client_bound(rate, p.connections, think));
+    }
     load.latency_us = Some(Latency {
         p50: s.p50_us,
         p90: s.p90_us,
@@ -377,4 +409,18 @@ pub fn check_rotation(port: u16, expect_sites: &[usize]) -> Result<()> {
         bail!("/100k.bin: status {st}, {} bytes", body.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_load_must_reach_half_the_offered_ceiling() {
+        // 32 connections, 2 ms think: at most 16 000 req/s offered.
+        assert_eq!(not_client_bound(10_400.0, 32, 2), None);
+        assert_eq!(not_client_bound(8_000.0, 32, 2), None);
+        let e = not_client_bound(7_999.0, 32, 2).expect("below half the ceiling");
+        assert!(e.contains("16000 req/s"), "{e}");
+    }
 }

@@ -9,7 +9,8 @@
 //!   (stream), `g6-sockmap`, `g6-splice`, `g6-copy`. Every proxy gets the same number of
 //!   threads/worker processes (`--threads`, default 1 = g6's default on 2 CPUs) and no access log.
 //! * Figures (`--tests`): `conn` (a connection per request), `keepalive` (request rate and
-//!   latency), `file` (100 KiB responses, keep-alive), `bulk1`/`bulk8` (iperf3 upload, 1 and 8
+//!   latency at saturation), `paced` (the same requests with a think time per connection, so
+//!   the client, not the proxy, sets the rate), `file` (100 KiB responses, keep-alive), `bulk1`/`bulk8` (iperf3 upload, 1 and 8
 //!   streams), `idle` (memory per idle session); RSS after start is always taken. CPU is the
 //!   whole machine's busy time from /proc/stat over each load (so kernel threads count), and
 //!   also split per process group (proxy, kernel threads, backends, client).
@@ -52,7 +53,7 @@ pub struct BenchArgs {
     /// g6-copy, or `peers` / `g6` for groups [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Figures, comma-separated: conn, keepalive, file, bulk1, bulk8, idle [default: all].
+    /// Figures, comma-separated: conn, keepalive, paced, file, bulk1, bulk8, idle [default: all].
     #[arg(long, value_delimiter = ',')]
     pub tests: Vec<String>,
     /// Idle connections for the memory-per-session figure [default: 10000; quick: 1000];
@@ -145,7 +146,15 @@ const ALL_TARGETS: &[(&str, Kind)] = &[
     ),
 ];
 
-pub const TESTS: &[&str] = &["conn", "keepalive", "file", "bulk1", "bulk8", "idle"];
+pub const TESTS: &[&str] = &[
+    "conn",
+    "keepalive",
+    "paced",
+    "file",
+    "bulk1",
+    "bulk8",
+    "idle",
+];
 
 /// A target and what was learnt when it started.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -841,27 +850,33 @@ impl Bench<'_> {
         let mut backend_tree =
             procs::tree_of(self.procs.get(self.backends.nginx).pid, &before.procs);
         backend_tree.push(self.procs.get(self.backends.iperf).pid);
-        let lua = &self.files.lua;
-        let wrk = |path: &str, close: bool, min_body: usize| {
+        let files = self.files;
+        let wrk = |path: &str, close: bool, min_body: usize, think_ms: Option<u32>| {
             load::wrk(&WrkParams {
                 port: t.http_port,
                 path,
                 connections: self.settings.connections,
                 seconds: d,
                 close,
-                lua,
+                lua: if think_ms.is_some() {
+                    &files.paced_lua
+                } else {
+                    &files.lua
+                },
                 min_body,
+                think_ms,
             })
         };
+        let page = setup::PAGE_BYTES;
         let l = match test {
-            "conn" => wrk("/index.html", true, setup::PAGE_BYTES)?,
-            "keepalive" => wrk("/index.html", false, setup::PAGE_BYTES)?,
-            "file" => wrk("/100k.bin", false, setup::FILE_BYTES)?,
+            "conn" => wrk("/index.html", true, page, None)?,
+            "keepalive" => wrk("/index.html", false, page, None)?,
+            "paced" => wrk("/index.html", false, page, Some(setup::PACED_THINK_MS))?,
+            "file" => wrk("/100k.bin", false, setup::FILE_BYTES, None)?,
             "bulk1" | "bulk8" => {
                 let streams = if test == "bulk1" { 1 } else { 8 };
                 let iperf = self.backends.iperf;
                 let ports = self.ports;
-                let files = self.files;
                 let procs = &mut *self.procs;
                 let mut restart = || -> Result<()> {
                     let p = procs.get_mut(iperf);
@@ -885,7 +900,7 @@ impl Bench<'_> {
         let proxy_k = cpu.proxy_s + cpu.kthreads_s;
         let m = &mut s.metrics;
         match test {
-            "conn" | "keepalive" | "file" => {
+            "conn" | "keepalive" | "paced" | "file" => {
                 m.insert("rate".into(), l.requests / secs);
                 if let Some(lat) = &l.latency_us {
                     m.insert("p50_us".into(), lat.p50);
@@ -901,7 +916,7 @@ impl Bench<'_> {
                 m.insert("cpu_attr_s_per_10k".into(), per(cpu.attributed_s, k));
                 m.insert("cpu_proxy_s_per_10k".into(), per(proxy_k, k));
             }
-            "keepalive" => {
+            "keepalive" | "paced" => {
                 let r = l.requests / 1e6;
                 m.insert("cpu_machine_us_per_req".into(), per(cpu.machine_s, r));
                 m.insert("cpu_attr_us_per_req".into(), per(cpu.attributed_s, r));
@@ -1011,6 +1026,7 @@ fn collect_meta(root: &Path, g6_bin: &Path, settings: &Settings, files: &Files) 
         close: true,
         lua: &files.lua,
         min_body: 0,
+        think_ms: None,
     };
     let mut commands = BTreeMap::new();
     commands.insert(
@@ -1021,6 +1037,15 @@ fn collect_meta(root: &Path, g6_bin: &Path, settings: &Settings, files: &Files) 
     commands.insert(
         "keepalive".into(),
         show(&load::wrk_command(&p)).replace(":0/", ":PORT/"),
+    );
+    let paced = WrkParams {
+        lua: &files.paced_lua,
+        think_ms: Some(setup::PACED_THINK_MS),
+        ..p
+    };
+    commands.insert(
+        "paced".into(),
+        show(&load::wrk_command(&paced)).replace(":0/", ":PORT/"),
     );
     let p = WrkParams {
         path: "/100k.bin",

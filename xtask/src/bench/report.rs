@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use super::load::PACED_MIN_SHARE;
+use super::setup::PACED_THINK_MS;
 use super::{DataPath, Kind, Meta, Sample, Target};
 
 /// A figure: which test produces it, its key in `Sample::metrics`, and which way is better.
@@ -99,6 +101,48 @@ pub const METRICS: &[Metric] = &[
         "keepalive",
         "cpu_proxy_us_per_req",
         "CPU per keep-alive request, proxy + kthreads",
+        "µs",
+        false,
+    ),
+    m(
+        "paced",
+        "rate",
+        "paced keep-alive requests per second (client-bound)",
+        "req/s",
+        true,
+    ),
+    m(
+        "paced",
+        "p50_us",
+        "paced keep-alive latency p50",
+        "µs",
+        false,
+    ),
+    m(
+        "paced",
+        "p99_us",
+        "paced keep-alive latency p99",
+        "µs",
+        false,
+    ),
+    m(
+        "paced",
+        "cpu_machine_us_per_req",
+        "CPU per paced request, machine",
+        "µs",
+        false,
+    ),
+    m(
+        "paced",
+        "cpu_attr_us_per_req",
+        "CPU per paced request, attributed",
+        "µs",
+        false,
+    ),
+    m(
+        "paced",
+        "cpu_proxy_us_per_req",
+        "CPU per paced request, proxy + kthreads",
         "µs",
         false,
     ),
@@ -518,6 +562,7 @@ fn cpu_cols(variant: &str, prefix: &str) -> Vec<Col> {
     [
         ("CPU s / 10k conn", "conn", "s_per_10k"),
         ("CPU µs / keep-alive req", "keepalive", "us_per_req"),
+        ("CPU µs / paced req", "paced", "us_per_req"),
         ("CPU s / GB (100 KiB resp)", "file", "s_per_gb"),
         ("CPU s / GB bulk ×1", "bulk1", "s_per_gb"),
         ("CPU s / GB bulk ×8", "bulk8", "s_per_gb"),
@@ -559,6 +604,8 @@ fn tables() -> Vec<Table> {
                 ("keep-alive req/s", "keepalive", "rate"),
                 ("keep-alive p50 µs", "keepalive", "p50_us"),
                 ("keep-alive p99 µs", "keepalive", "p99_us"),
+                ("paced req/s", "paced", "rate"),
+                ("paced p99 µs", "paced", "p99_us"),
                 ("100 KiB resp/s", "file", "rate"),
                 ("bulk ×1 Gbit/s", "bulk1", "gbit_s"),
                 ("bulk ×8 Gbit/s", "bulk8", "gbit_s"),
@@ -635,6 +682,7 @@ fn tables() -> Vec<Table> {
                 ("new conn/s", "conn", "rate"),
                 ("keep-alive req/s", "keepalive", "rate"),
                 ("keep-alive p99", "keepalive", "p99_us"),
+                ("paced req/s", "paced", "rate"),
                 ("100 KiB resp/s", "file", "rate"),
                 ("bulk ×1 Gbit/s", "bulk1", "gbit_s"),
                 ("bulk ×8 Gbit/s", "bulk8", "gbit_s"),
@@ -646,7 +694,18 @@ fn tables() -> Vec<Table> {
     ]
 }
 
-/// G6's goals: a figure, and a threshold on its ratio to the best peer or on its value.
+/// What a goal's threshold applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// The per-round ratio to the best peer (HAProxy or nginx).
+    Peer,
+    /// The per-round ratio to `direct` (no proxy).
+    Direct,
+    /// The value itself.
+    Value,
+}
+
+/// G6's goals: a figure, and a threshold on its median per-round ratio or on its value.
 struct Goal {
     test: &'static str,
     key: &'static str,
@@ -654,7 +713,7 @@ struct Goal {
     machine_key: Option<&'static str>,
     text: &'static str,
     threshold: f64,
-    vs_peer: bool,
+    basis: Basis,
     at_least: bool,
 }
 
@@ -664,7 +723,7 @@ const fn goal(
     machine_key: Option<&'static str>,
     text: &'static str,
     threshold: f64,
-    vs_peer: bool,
+    basis: Basis,
     at_least: bool,
 ) -> Goal {
     Goal {
@@ -673,7 +732,7 @@ const fn goal(
         machine_key,
         text,
         threshold,
-        vs_peer,
+        basis,
         at_least,
     }
 }
@@ -685,7 +744,7 @@ const GOALS: &[Goal] = &[
         None,
         "new connections/s ≥ 1.15× best peer",
         1.15,
-        true,
+        Basis::Peer,
         true,
     ),
     goal(
@@ -694,7 +753,7 @@ const GOALS: &[Goal] = &[
         Some("cpu_machine_s_per_10k"),
         "CPU per 10k connections ≤ 0.8× best peer",
         0.8,
-        true,
+        Basis::Peer,
         false,
     ),
     goal(
@@ -703,7 +762,7 @@ const GOALS: &[Goal] = &[
         Some("cpu_machine_us_per_req"),
         "keep-alive CPU per request ≤ 0.8× best peer",
         0.8,
-        true,
+        Basis::Peer,
         false,
     ),
     goal(
@@ -712,8 +771,17 @@ const GOALS: &[Goal] = &[
         None,
         "keep-alive p99 ≤ best peer",
         1.0,
-        true,
+        Basis::Peer,
         false,
+    ),
+    goal(
+        "paced",
+        "rate",
+        None,
+        "keep-alive rate ≥ 0.95× direct where the client is the bottleneck (paced)",
+        0.95,
+        Basis::Direct,
+        true,
     ),
     goal(
         "bulk1",
@@ -721,7 +789,7 @@ const GOALS: &[Goal] = &[
         None,
         "bulk throughput, 1 stream ≥ 1.3× best peer",
         1.3,
-        true,
+        Basis::Peer,
         true,
     ),
     goal(
@@ -730,7 +798,7 @@ const GOALS: &[Goal] = &[
         None,
         "bulk throughput, 8 streams ≥ 1.3× best peer",
         1.3,
-        true,
+        Basis::Peer,
         true,
     ),
     goal(
@@ -739,7 +807,7 @@ const GOALS: &[Goal] = &[
         Some("cpu_machine_s_per_gb"),
         "bulk CPU per GB, 1 stream ≤ 0.6× best peer",
         0.6,
-        true,
+        Basis::Peer,
         false,
     ),
     goal(
@@ -748,7 +816,7 @@ const GOALS: &[Goal] = &[
         Some("cpu_machine_s_per_gb"),
         "bulk CPU per GB, 8 streams ≤ 0.6× best peer",
         0.6,
-        true,
+        Basis::Peer,
         false,
     ),
     goal(
@@ -757,7 +825,7 @@ const GOALS: &[Goal] = &[
         None,
         "RSS growth ≤ 2 kB (2000 B) per idle connection",
         2000.0,
-        false,
+        Basis::Value,
         false,
     ),
     goal(
@@ -766,19 +834,23 @@ const GOALS: &[Goal] = &[
         None,
         "RSS after start ≤ 10 MB",
         10.0,
-        false,
+        Basis::Value,
         false,
     ),
 ];
 
 fn goal_cell(r: &Results, target: &str, g: &Goal) -> String {
+    // Runs without the figure (e.g. results.json written before it existed) judge nothing.
     let Some(row) = r.row(target, g.test, g.key) else {
-        return "—".into();
+        return "not measured".into();
     };
-    let s = if g.vs_peer {
-        row.vs_best_peer
-    } else {
-        row.value
+    if g.basis == Basis::Direct && r.kind("direct") != Some(Kind::Direct) {
+        return "not measured (no `direct` in this run)".into();
+    }
+    let s = match g.basis {
+        Basis::Peer => row.vs_best_peer,
+        Basis::Direct => row.vs_direct,
+        Basis::Value => row.value,
     };
     let Some(s) = s else {
         return if row.rounds_with_errors > 0 {
@@ -787,10 +859,9 @@ fn goal_cell(r: &Results, target: &str, g: &Goal) -> String {
             "—".into()
         };
     };
-    let mut shown = if g.vs_peer {
-        stat_cell(&s, ratio)
-    } else {
-        format!("{} {}", stat_cell(&s, num), row.unit)
+    let mut shown = match g.basis {
+        Basis::Peer | Basis::Direct => stat_cell(&s, ratio),
+        Basis::Value => format!("{} {}", stat_cell(&s, num), row.unit),
     };
     if let Some(mk) = g.machine_key {
         let other = |key: &str| {
@@ -900,7 +971,8 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "## G6 against its goals\n\n\
-             Median [min–max] of the per-round ratios to the best peer (or the value). CPU goals \
+             Median [min–max] of the per-round ratios to the best peer (or to `direct`, or the \
+             value). CPU goals \
              are judged on the CPU of the processes taking part + kernel threads; in parentheses \
              the ratio of the proxy's own CPU (+ kernel threads) and of the whole machine's.\n"
         );
@@ -965,7 +1037,8 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "None: every load completed without socket errors, non-2xx responses, short \
-             bodies, iperf3 errors or failed connects.\n"
+             bodies, `paced` loads that were not client-bound, iperf3 errors or failed \
+             connects.\n"
         );
     } else {
         for s in bad {
@@ -1008,6 +1081,20 @@ pub fn markdown(r: &Results) -> String {
         se = st.sessions,
         lvl = st.g6_log_level
     );
+    let think = PACED_THINK_MS;
+    let paced = format!(
+        "keep-alive requests per second where the client is the bottleneck: the same requests \
+         as `keepalive`, but each connection waits {think} ms before each request (wrk's `delay` \
+         hook in `paced.lua`; the wait is not in the latency), so {c} connections offer at most \
+         {c} × 1000 / {think} = {ceiling:.0} req/s, less once the response time is added: well \
+         under what any proxy serves at saturation (`keepalive`). The client's pacing sets the \
+         rate, and a proxy costs only the time it adds to each request. A load below {share:.0} % \
+         of that ceiling (requests took longer than the think time, so it was not client-bound) \
+         is an error",
+        c = st.connections,
+        ceiling = f64::from(st.connections) * 1000.0 / f64::from(think),
+        share = PACED_MIN_SHARE * 100.0,
+    );
     for (test, what) in [
         (
             "conn",
@@ -1019,6 +1106,7 @@ pub fn markdown(r: &Results) -> String {
             "keep-alive requests per second and latency p50/p99 (wrk's own histogram, exact µs \
              through a Lua `done` hook); closed loop, so the latency is taken at saturation",
         ),
+        ("paced", paced.as_str()),
         ("file", "100 KiB responses over keep-alive connections"),
         (
             "bulk1",
@@ -1067,7 +1155,8 @@ pub fn markdown(r: &Results) -> String {
         o,
         "* Robustness: every server is awaited by polling (LISTEN in /proc/net/tcp, then an \
          HTTP 200 through it) with a deadline; each load runs under a timeout; wrk socket \
-         errors, non-2xx responses, short bodies and iperf3 errors flag the sample; before each \
+         errors, non-2xx responses, short bodies, a `paced` load that was not client-bound and \
+         iperf3 errors flag the sample; before each \
          load the harness waits until no connection of the previous one is left; all processes \
          are stopped by PID at the end (also on error or Ctrl-C)."
     );
@@ -1157,6 +1246,7 @@ pub fn svg(r: &Results) -> String {
             "CPU µs per keep-alive request",
         ),
         ("keepalive", "p99_us", "Keep-alive latency p99, µs"),
+        ("paced", "rate", "Paced keep-alive req/s"),
         ("file", "rate", "100 KiB responses / s"),
         ("bulk1", "gbit_s", "Bulk, 1 stream, Gbit/s"),
         ("bulk8", "gbit_s", "Bulk, 8 streams, Gbit/s"),
@@ -1215,18 +1305,27 @@ pub fn svg(r: &Results) -> String {
         let y0 = top + ph * (i / cols) as f64;
         let mt = metric(test, key);
         let hb = mt.is_some_and(|m| m.higher_better);
-        // G6's absolute goals as a dashed line.
+        // G6's absolute goals, and those relative to `direct` (at direct's median), as a
+        // dashed line: (position, caption).
         let goal = GOALS
             .iter()
-            .find(|g| !g.vs_peer && g.test == *test && g.key == *key)
-            .map(|g| g.threshold);
+            .find(|g| g.test == *test && g.key == *key)
+            .and_then(|g| match g.basis {
+                Basis::Value => Some((g.threshold, num(g.threshold))),
+                Basis::Direct => r
+                    .row("direct", test, key)
+                    .and_then(|d| d.value)
+                    .map(|d| (g.threshold * d.median, format!("{}× direct", g.threshold))),
+                Basis::Peer => None,
+            });
         let _ = writeln!(
             o,
             r##"<text x="{x0:.0}" y="{:.0}" font-size="12" font-weight="bold">{} <tspan font-weight="normal" fill="#666">({} is better{})</tspan></text>"##,
             y0 + 16.0,
             esc(title),
             if hb { "higher" } else { "lower" },
-            goal.map_or(String::new(), |g| format!("; dashed: G6 goal {}", num(g)))
+            goal.as_ref()
+                .map_or(String::new(), |(_, g)| format!("; dashed: G6 goal {g}"))
         );
         let rows: Vec<(&Target, Option<&Row>)> = r
             .targets
@@ -1241,6 +1340,7 @@ pub fn svg(r: &Results) -> String {
             .fold(0.0f64, f64::max)
             .max(1e-12)
             * 1.1;
+        let goal = goal.map(|(g, _)| g);
         let vmax = goal.map_or(vmax, |g| vmax.max(g * 1.1));
         let clip = bar_w * 1.12;
         let xv = |v: f64| x0 + label_w + (bar_w * v / vmax).min(clip);
@@ -1363,6 +1463,203 @@ mod tests {
         let s = stat(vec![4.0, 1.0]).unwrap();
         assert_eq!(s.median, 2.5);
         assert!(stat(vec![]).is_none());
+    }
+
+    use std::collections::BTreeMap;
+
+    use super::super::setup::Ports;
+    use super::super::{Meta, Settings};
+
+    const SPLICE: Kind = Kind::G6 {
+        path: DataPath::Splice,
+    };
+    const COPY: Kind = Kind::G6 {
+        path: DataPath::Copy,
+    };
+
+    fn target(name: &str, kind: Kind) -> Target {
+        Target {
+            name: name.into(),
+            kind,
+            http_port: 0,
+            bulk_port: 0,
+            data_path: match kind {
+                Kind::G6 { path } => path.as_str().into(),
+                _ => "—".into(),
+            },
+            data_path_log: Vec::new(),
+            command: String::new(),
+            config: String::new(),
+            rss_start_kb: 0,
+            pss_start_kb: 0,
+            processes: 1,
+            proc_index: None,
+        }
+    }
+
+    fn sample(round: u32, target: &str, test: &str, metrics: &[(&str, f64)]) -> Sample {
+        Sample {
+            round,
+            seq: 0,
+            target: target.into(),
+            test: test.into(),
+            ok: true,
+            errors: Vec::new(),
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            at_s: 0.0,
+            cpu: None,
+            load: None,
+            idle: None,
+        }
+    }
+
+    /// `rates[i]` is the target's `paced` rate in round i + 1.
+    fn paced(target: &str, rates: &[f64]) -> Vec<Sample> {
+        (1..)
+            .zip(rates)
+            .map(|(round, &r)| sample(round, target, "paced", &[("rate", r)]))
+            .collect()
+    }
+
+    fn results(targets: &[(&str, Kind)], samples: Vec<Sample>) -> Results {
+        let settings = Settings {
+            quick: false,
+            rounds: 3,
+            duration_s: 3,
+            threads: 1,
+            connections: 32,
+            idle_conns_requested: 10,
+            idle_conns: 10,
+            nofile: 1024,
+            sessions: 12,
+            tests: TESTS_OF_OLD_RUNS.iter().map(|t| t.to_string()).collect(),
+            targets: targets.iter().map(|(n, _)| n.to_string()).collect(),
+            g6_log_level: "WARN".into(),
+            ports: Ports::new(19_400),
+        };
+        let meta = Meta {
+            started_utc: "2026-11-21 00:00:00 UTC".into(),
+            elapsed_s: 1.0,
+            kernel: "6.18".into(),
+            cpus: 2,
+            cpu_model: "test".into(),
+            mem_total_kb: 1 << 20,
+            loadavg_start: "0 0 0".into(),
+            loadavg_end: String::new(),
+            git: "test".into(),
+            versions: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            settings,
+        };
+        let targets = targets.iter().map(|(n, k)| target(n, *k)).collect();
+        Results::new(meta, targets, samples)
+    }
+
+    /// The figures of runs made before `paced` existed.
+    const TESTS_OF_OLD_RUNS: &[&str] = &["conn", "keepalive", "file", "bulk1", "bulk8", "idle"];
+
+    fn paced_goal() -> &'static Goal {
+        GOALS
+            .iter()
+            .find(|g| g.test == "paced" && g.key == "rate")
+            .expect("the paced goal")
+    }
+
+    #[test]
+    fn paced_goal_is_judged_on_the_median_per_round_ratio_to_direct() {
+        // Direct is slower in round 3. Per-round ratios: splice 0.96, 0.90, 1.00 (median 0.96:
+        // met, although its median rate is only 0.90× direct's); copy 0.93, 0.94, 0.92 (missed).
+        let mut samples = paced("direct", &[10_000.0, 10_000.0, 6_000.0]);
+        samples.extend(paced("g6-splice", &[9_600.0, 9_000.0, 6_000.0]));
+        samples.extend(paced("g6-copy", &[9_300.0, 9_400.0, 5_520.0]));
+        let r = results(
+            &[
+                ("direct", Kind::Direct),
+                ("g6-splice", SPLICE),
+                ("g6-copy", COPY),
+            ],
+            samples,
+        );
+        let g = paced_goal();
+        let splice = goal_cell(&r, "g6-splice", g);
+        assert!(
+            splice.starts_with("✅ met: 0.96× [0.90×–1.00×]"),
+            "{splice}"
+        );
+        let copy = goal_cell(&r, "g6-copy", g);
+        assert!(copy.starts_with("❌ missed: 0.93× [0.92×–0.94×]"), "{copy}");
+        let md = markdown(&r);
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", g.text)))
+            .expect("the goal's row in results.md");
+        assert!(
+            line.contains("✅ met") && line.contains("❌ missed"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn paced_goal_leaves_out_rounds_where_direct_failed() {
+        let mut samples = paced("direct", &[10_000.0, 10_000.0, 10_000.0]);
+        // Round 2's direct load was not client-bound: its 5 000 req/s must not be a reference.
+        samples[1].metrics.insert("rate".into(), 5_000.0);
+        samples[1].ok = false;
+        samples[1].errors.push("not client-bound".into());
+        // Ratios 0.90 and 0.96 (median 0.93: missed); with round 2's 2.0 it would be met.
+        samples.extend(paced("g6-splice", &[9_000.0, 9_990.0, 9_600.0]));
+        let r = results(&[("direct", Kind::Direct), ("g6-splice", SPLICE)], samples);
+        let cell = goal_cell(&r, "g6-splice", paced_goal());
+        assert!(cell.starts_with("❌ missed: 0.93× [0.90×–0.96×]"), "{cell}");
+    }
+
+    #[test]
+    fn paced_goal_needs_direct_in_the_run() {
+        let r = results(&[("g6-splice", SPLICE)], paced("g6-splice", &[9_900.0]));
+        let cell = goal_cell(&r, "g6-splice", paced_goal());
+        assert!(cell.starts_with("not measured"), "{cell}");
+    }
+
+    #[test]
+    fn results_without_paced_render_with_the_goal_not_measured() {
+        let mut samples = Vec::new();
+        for (name, ka) in [
+            ("direct", 30_000.0),
+            ("haproxy", 24_000.0),
+            ("g6-splice", 24_500.0),
+        ] {
+            for round in 1..=2 {
+                samples.push(sample(
+                    round,
+                    name,
+                    "keepalive",
+                    &[
+                        ("rate", ka),
+                        ("p99_us", 2_000.0),
+                        ("cpu_attr_us_per_req", 60.0),
+                    ],
+                ));
+            }
+        }
+        let r = results(
+            &[
+                ("direct", Kind::Direct),
+                ("haproxy", Kind::Haproxy { splice: false }),
+                ("g6-splice", SPLICE),
+            ],
+            samples,
+        );
+        let md = markdown(&r);
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", paced_goal().text)))
+            .expect("the goal's row in results.md");
+        assert!(line.contains("not measured"), "{line}");
+        // The other figures are still rendered.
+        assert!(md.contains("keep-alive req/s"));
+        assert!(svg(&r).contains("Keep-alive requests / s"));
+        assert!(!svg(&r).contains("Paced"));
+        assert!(!console_table(&r).is_empty());
     }
 
     #[test]

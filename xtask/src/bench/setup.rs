@@ -157,11 +157,20 @@ fn file_bytes(seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// The backends' document roots, the wrk report script and all server configurations.
+/// Think time (ms) of the `paced` figure: each wrk connection waits this long before its next
+/// request. 32 connections then offer at most 32 × 1000 / 2 = 16 k req/s, and about 10 k once
+/// the response time is added: under half of what any proxy here serves at saturation (about
+/// 24 k req/s), so the client, not the proxy, sets the rate.
+pub const PACED_THINK_MS: u32 = 2;
+
+/// The backends' document roots, the wrk scripts and all server configurations.
 pub struct Files {
     pub dir: PathBuf,
     pub backend_conf: PathBuf,
+    /// wrk's report hook (closed loop: the next request leaves as soon as a response is in).
     pub lua: PathBuf,
+    /// The report hook plus a think time of [`PACED_THINK_MS`] before each request.
+    pub paced_lua: PathBuf,
 }
 
 /// Writes site files and the backend and wrk files; proxies' configs come from [`proxy_conf`].
@@ -210,11 +219,23 @@ pub fn write_files(dir: &Path, ports: &Ports, nofile: u64) -> Result<Files> {
     )?;
     let lua = dir.join("report.lua");
     fs::write(&lua, WRK_LUA)?;
+    let paced_lua = dir.join("paced.lua");
+    fs::write(&paced_lua, paced_script(PACED_THINK_MS))?;
     Ok(Files {
         dir: dir.to_path_buf(),
         backend_conf,
         lua,
+        paced_lua,
     })
+}
+
+/// [`WRK_LUA`] plus wrk's `delay` hook: every connection waits `think_ms` before each request
+/// (wrk starts a request's latency clock when it writes it, so the wait is not in the latency).
+fn paced_script(think_ms: u32) -> String {
+    format!(
+        "{WRK_LUA}\n-- g6-bench paced: think {think_ms} ms before each request.\n\
+         delay = function() return {think_ms} end\n"
+    )
 }
 
 /// wrk's `done` hook: one JSON line with exact counts and latency percentiles (µs).
@@ -339,6 +360,13 @@ mod tests {
             assert_eq!(p.len(), PAGE_BYTES);
             assert!(p.contains(&format!("g6-bench site {site}")));
         }
+    }
+
+    #[test]
+    fn paced_script_keeps_the_report_and_adds_the_think_time() {
+        let s = paced_script(2);
+        assert!(s.starts_with(WRK_LUA));
+        assert!(s.contains("delay = function() return 2 end"));
     }
 
     #[test]
