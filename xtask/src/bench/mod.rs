@@ -331,6 +331,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 &mut samples,
             )
         })?;
+        check_no_xdp_on_lo()?;
         let mut bench = Bench {
             procs: &mut procs,
             backends,
@@ -947,6 +948,24 @@ impl Bench<'_> {
         s.ok = s.errors.is_empty();
         Ok(s)
     }
+}
+
+/// Every target runs on `lo`: an XDP program there (generic mode, the only one `lo` has)
+/// makes the kernel copy every loopback segment into a linear buffer first, which slows
+/// splice and speeds up plain copies, so no figure would be comparable with another run.
+fn check_no_xdp_on_lo() -> Result<()> {
+    let out = run_timeout(
+        Command::new("ip").args(["-d", "link", "show", "dev", "lo"]),
+        Duration::from_secs(10),
+    )?;
+    if out.stdout.contains("xdp") {
+        bail!(
+            "an XDP program is attached to lo (`ip -d link show dev lo`: {}); stop whatever \
+             attached it (a g6 run with --xdp generic or native?) or `ip link set dev lo xdp off`",
+            out.stdout.trim()
+        );
+    }
+    Ok(())
 }
 
 fn first_line(cmd: &mut Command) -> String {

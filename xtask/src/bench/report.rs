@@ -1157,8 +1157,10 @@ pub fn markdown(r: &Results) -> String {
          HTTP 200 through it) with a deadline; each load runs under a timeout; wrk socket \
          errors, non-2xx responses, short bodies, a `paced` load that was not client-bound and \
          iperf3 errors flag the sample; before each \
-         load the harness waits until no connection of the previous one is left; all processes \
-         are stopped by PID at the end (also on error or Ctrl-C)."
+         load the harness waits until no connection of the previous one is left; once the \
+         proxies run it checks that no XDP program is attached to `lo` (generic XDP copies \
+         every loopback segment first, which changes every figure) and stops otherwise; all \
+         processes are stopped by PID at the end (also on error or Ctrl-C)."
     );
     let _ = writeln!(
         o,
