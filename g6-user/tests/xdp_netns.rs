@@ -372,20 +372,41 @@ fn native_mode_on_veth_and_fallback_on_lo() {
 
 /// `--xdp auto` (the default): native mode where the driver has a hook (veth), and no
 /// generic attachment where it has none (`lo`), since generic XDP copies every TCP segment
-/// that interface receives, for the whole host.
+/// that interface receives, for the whole host. Starts on loopback only (nothing guarded),
+/// then a HUP adds the veth listeners: the worker's `show stats` follows the monitor's new
+/// status, and the skipped `lo` is said once.
 #[test]
 fn auto_mode_guards_natively_and_leaves_lo_alone() {
     if !available() {
         return;
     }
+    const LOCAL_ADMIN: u16 = 8602;
     let seg = Segment::new("a");
     let s1 = backend(&seg);
     let [allowed, disallowed, _] = CLIENT_IPS;
-    let conf = format!(
-        "{}local G 127.0.0.1:* - 127.0.0.1:8602 ;\n",
-        conf(s1.addr(), "")
+    let local = format!("local G 127.0.0.1:* - 127.0.0.1:{LOCAL_ADMIN} ;\n");
+    let xdp_line = || {
+        let stats = admin_on_loopback(&seg, LOCAL_ADMIN, "show stats\n");
+        stats
+            .lines()
+            .find(|l| l.starts_with("xdp "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let g6 = start(&seg, &local, &["--xdp", "auto"]);
+    let got = xdp_line();
+    assert!(
+        got.starts_with("xdp auto - "),
+        "{got:?} {}",
+        g6.diagnostics()
     );
-    let g6 = start(&seg, &conf, &["--xdp", "auto"]);
+    assert!(!seg.server_has_xdp());
+
+    g6.write_conf(&format!("{}{local}", conf(s1.addr(), "")));
+    g6.signal(Signal::SIGHUP);
+    let want = format!("xdp auto {} ", seg.server_if);
+    let followed = wait_until(WAIT_TIMEOUT, || xdp_line().starts_with(&want));
+    assert!(followed, "{:?} {}", xdp_line(), g6.diagnostics());
     let link = seg
         .server
         .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
@@ -393,16 +414,11 @@ fn auto_mode_guards_natively_and_leaves_lo_alone() {
     assert!(!link.contains("xdpgeneric"), "{link}");
     let lo = seg.server.ip_out(&["-d", "link", "show", "dev", "lo"]);
     assert!(!lo.contains("xdp"), "lo must stay unguarded: {lo}");
-    let stats = admin(&seg, "show stats\n");
-    let want = format!("xdp auto {} ", seg.server_if);
-    let got = stats.lines().find(|l| l.starts_with("xdp ")).unwrap_or("");
-    assert!(got.starts_with(&want), "{got:?} {}", g6.diagnostics());
-    assert!(
-        g6.log_contents()
-            .contains("xdp: lo has no native XDP hook; not guarded"),
-        "{}",
-        g6.diagnostics()
-    );
+    let said = g6
+        .log_contents()
+        .matches("xdp: lo has no native XDP hook; not guarded")
+        .count();
+    assert_eq!(said, 1, "{}", g6.diagnostics());
     assert_eq!(
         connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
         "s1"

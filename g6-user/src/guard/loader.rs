@@ -38,6 +38,8 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    pub const ALL: [AttachMode; 3] = [AttachMode::Auto, AttachMode::Generic, AttachMode::Native];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttachMode::Auto => "auto",
@@ -71,6 +73,8 @@ pub struct Guard {
     state: Arc<XdpState>,
     mode: AttachMode,
     links: Vec<Attached>,
+    /// Interfaces `auto` left unguarded (no native hook), already said in the log.
+    skipped: std::collections::HashSet<u32>,
     /// Which half of the pattern and port arrays the listeners use now; a reload writes the
     /// other half before switching, so no packet ever sees a half-written table.
     region: u32,
@@ -137,6 +141,7 @@ impl Guard {
             state,
             mode,
             links: Vec::new(),
+            skipped: Default::default(),
             region: 1,
         })
     }
@@ -259,11 +264,16 @@ impl Guard {
             }
             match self.attach_one(iface, inherited) {
                 Ok(Some(a)) => self.links.push(a),
-                Ok(None) => tracing::info!(
-                    "xdp: {} has no native XDP hook; not guarded (generic XDP would copy every \
-                     segment it receives; --xdp generic forces it)",
-                    iface.name
-                ),
+                Ok(None) => {
+                    // Said once per interface, not at every HUP.
+                    if self.skipped.insert(iface.index) {
+                        tracing::info!(
+                            "xdp: {} has no native XDP hook; not guarded (generic XDP would \
+                             copy every segment it receives; --xdp generic forces it)",
+                            iface.name
+                        );
+                    }
+                }
                 Err(e) => warnings.push(format!("xdp: {e}; that interface is not guarded")),
             }
         }
@@ -300,7 +310,15 @@ impl Guard {
                     }));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(err(e)),
-                Err(_) if self.mode == AttachMode::Auto => return Ok(None),
+                // Only "this driver has no native hook" means skip; anything else (another
+                // program, MTU too large for XDP, no memory) is a failure to say at WARN.
+                Err(e) if self.mode == AttachMode::Auto => {
+                    return if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                        Ok(None)
+                    } else {
+                        Err(err(e))
+                    };
+                }
                 Err(e) => tracing::warn!(
                     "xdp: native mode on {} unavailable ({e}); using generic mode there",
                     iface.name

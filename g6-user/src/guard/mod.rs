@@ -1,4 +1,4 @@
-//! The XDP guard (`--xdp off|generic|native` [ext]): an XDP program on the interfaces that
+//! The XDP guard (`--xdp auto|off|generic|native` [ext]): an XDP program on the interfaces that
 //! carry the listen addresses drops connection requests from blocked sources and from sources
 //! that no client pattern of the listener's rule allows, before the TCP stack sees them.
 //!
@@ -38,7 +38,7 @@ use crate::config::Config;
 /// What `show stats` reports about the guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdpStatus {
-    /// `off`, `generic` or `native`.
+    /// `off`, or an [`AttachMode`]'s name.
     pub mode: &'static str,
     /// Guarded interfaces (`name`, or `name:generic` where native mode was unavailable).
     pub ifaces: Vec<String>,
@@ -59,8 +59,8 @@ impl XdpStatus {
 
     pub fn decode(text: &str) -> Option<Self> {
         let (mode, ifaces) = text.split_once(' ')?;
-        let mode = ["off", "generic", "native"]
-            .into_iter()
+        let mode = std::iter::once("off")
+            .chain(AttachMode::ALL.map(AttachMode::as_str))
             .find(|m| *m == mode)?;
         Some(XdpStatus {
             mode,
@@ -157,4 +157,21 @@ pub fn start(
     );
     publish(guard.state().clone());
     Some(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_survives_the_control_message_in_every_mode() {
+        let modes = std::iter::once("off").chain(AttachMode::ALL.map(AttachMode::as_str));
+        for mode in modes {
+            for ifaces in [vec![], vec!["lo".to_string(), "eth0:generic".to_string()]] {
+                let status = XdpStatus { mode, ifaces };
+                assert_eq!(XdpStatus::decode(&status.encode()), Some(status));
+            }
+        }
+        assert_eq!(XdpStatus::decode("bogus lo"), None);
+    }
 }

@@ -86,6 +86,21 @@ pub fn admin(seg: &Segment, commands: &str) -> String {
     })
 }
 
+/// Runs admin `commands` (then `quit`) inside the server's namespace against
+/// 127.0.0.1:`port`, for a console that listens on loopback only; the whole reply.
+pub fn admin_on_loopback(seg: &Segment, port: u16, commands: &str) -> String {
+    let input = format!("{commands}quit\n");
+    seg.server.run(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("admin connect to 127.0.0.1:{port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(input.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+}
+
 /// `(dropped_blocked, dropped_not_allowed)` from the `xdp` line of `show stats`.
 pub fn drops(seg: &Segment) -> (u64, u64) {
     let stats = admin(seg, "show stats\n");
