@@ -1037,7 +1037,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             o,
             "None: every load completed without socket errors, non-2xx responses, short \
-             bodies, `paced` loads that were not client-bound, iperf3 errors or failed \
+             bodies, a `direct` `paced` load that was not client-bound, iperf3 errors or failed \
              connects.\n"
         );
     } else {
@@ -1088,9 +1088,10 @@ pub fn markdown(r: &Results) -> String {
          hook in `paced.lua`; the wait is not in the latency), so {c} connections offer at most \
          {c} × 1000 / {think} = {ceiling:.0} req/s, less once the response time is added: well \
          under what any proxy serves at saturation (`keepalive`). The client's pacing sets the \
-         rate, and a proxy costs only the time it adds to each request. A load below {share:.0} % \
-         of that ceiling (requests took longer than the think time, so it was not client-bound) \
-         is an error",
+         rate, and a proxy costs only the time it adds to each request. A `direct` load below \
+         {share:.0} % of that ceiling (requests took longer than the think time, so it was not \
+         client-bound) is an error, and its round is left out for every target; a proxy's own \
+         rate is never a reason to leave a round out",
         c = st.connections,
         ceiling = f64::from(st.connections) * 1000.0 / f64::from(think),
         share = PACED_MIN_SHARE * 100.0,
@@ -1155,7 +1156,8 @@ pub fn markdown(r: &Results) -> String {
         o,
         "* Robustness: every server is awaited by polling (LISTEN in /proc/net/tcp, then an \
          HTTP 200 through it) with a deadline; each load runs under a timeout; wrk socket \
-         errors, non-2xx responses, short bodies, a `paced` load that was not client-bound and \
+         errors, non-2xx responses, short bodies, a `direct` `paced` load that was not \
+         client-bound and \
          iperf3 errors flag the sample; before each \
          load the harness waits until no connection of the previous one is left; once the \
          proxies run it checks that no XDP program is attached to `lo` (generic XDP copies \
