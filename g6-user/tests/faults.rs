@@ -99,8 +99,9 @@ fn idle_close_with_unread_bytes(path: &str) {
 }
 
 /// The other side of the idle timeout: a receiver that reads slowly (a chunk every quarter
-/// timeout, for twice the timeout) while the agent holds a backlog for it is not idle. On sockmap the backlog
-/// drains while the pair leaves the fast path, where only the sockets' TCP counters move.
+/// timeout, for twice the timeout) while the agent holds a backlog for it is not idle. On
+/// sockmap the backlog drains while the pair leaves the fast path, where only the sockets'
+/// TCP counters move.
 #[test]
 fn slow_reader_of_a_backlog_is_not_idle() {
     on_paths(&[], slow_reader_not_idle);

@@ -331,7 +331,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 &mut samples,
             )
         })?;
-        check_no_xdp_on_lo()?;
         let mut bench = Bench {
             procs: &mut procs,
             backends,
@@ -343,6 +342,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             seq: 0,
         };
         for round in 1..=settings.rounds {
+            // Before every round: something may attach to `lo` while the bench runs.
+            check_no_xdp_on_lo()?;
             step(&format!("round {round}/{}", settings.rounds), || {
                 bench.round(round, &mut samples)
             })?;

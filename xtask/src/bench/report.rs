@@ -1159,8 +1159,8 @@ pub fn markdown(r: &Results) -> String {
          errors, non-2xx responses, short bodies, a `direct` `paced` load that was not \
          client-bound and \
          iperf3 errors flag the sample; before each \
-         load the harness waits until no connection of the previous one is left; once the \
-         proxies run it checks that no XDP program is attached to `lo` (generic XDP copies \
+         load the harness waits until no connection of the previous one is left; before every round \
+         it checks that no XDP program is attached to `lo` (generic XDP copies \
          every loopback segment first, which changes every figure) and stops otherwise; all \
          processes are stopped by PID at the end (also on error or Ctrl-C)."
     );
