@@ -21,6 +21,25 @@ fn is_timeout(r: &std::io::Result<String>) -> bool {
     matches!(r, Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock))
 }
 
+/// The allowed client is served; the disallowed one's SYN goes unanswered and is counted.
+fn allowed_served_disallowed_dropped(seg: &Segment, what: &str) {
+    let [allowed, disallowed, _] = CLIENT_IPS;
+    assert_eq!(connect_from(seg, allowed, WEB_PORT, DROPPED).unwrap(), "s1");
+    assert!(is_timeout(&connect_from(
+        seg, disallowed, WEB_PORT, DROPPED
+    )));
+    assert!(drops(seg).1 >= 1, "{what}");
+}
+
+/// The server's veth runs the guard in native (driver) mode, not generic.
+fn assert_native_on_veth(seg: &Segment) {
+    let link = seg
+        .server
+        .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
+    assert!(link.contains(" xdp ") || link.contains(" xdp/"), "{link}");
+    assert!(!link.contains("xdpgeneric"), "{link}");
+}
+
 #[test]
 fn blocked_and_disallowed_sources_never_reach_the_agent() {
     if !available() {
@@ -319,15 +338,7 @@ fn usr2_successor_takes_over_the_attachment_without_a_gap() {
     // The old generation's exit closed its descriptors; the successor's link remains.
     let second = prog_id(&seg).expect("still attached");
     assert_ne!(second, first);
-    let [allowed, disallowed, _] = CLIENT_IPS;
-    assert_eq!(
-        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
-        "s1"
-    );
-    assert!(is_timeout(&connect_from(
-        &seg, disallowed, WEB_PORT, DROPPED
-    )));
-    assert!(drops(&seg).1 >= 1, "counted by the successor's program");
+    allowed_served_disallowed_dropped(&seg, "counted by the successor's program");
     assert!(alive(new));
     signal_pid(new, Signal::SIGTERM);
     assert!(wait_until(WAIT_TIMEOUT, || !alive(new)));
@@ -345,29 +356,17 @@ fn native_mode_on_veth_and_fallback_on_lo() {
     }
     let seg = Segment::new("n");
     let s1 = backend(&seg);
-    let [allowed, disallowed, _] = CLIENT_IPS;
     let conf = format!(
         "{}local G 127.0.0.1:* - 127.0.0.1:8602 ;\n",
         conf(s1.addr(), "")
     );
     let g6 = start(&seg, &conf, &["--xdp", "native"]);
-    let link = seg
-        .server
-        .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
-    assert!(link.contains(" xdp ") || link.contains(" xdp/"), "{link}");
-    assert!(!link.contains("xdpgeneric"), "{link}");
+    assert_native_on_veth(&seg);
     let stats = admin(&seg, "show stats\n");
     let want = format!("xdp native lo:generic,{} ", seg.server_if);
     let got = stats.lines().find(|l| l.starts_with("xdp ")).unwrap_or("");
     assert!(got.starts_with(&want), "{got:?} {}", g6.diagnostics());
-    assert_eq!(
-        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
-        "s1"
-    );
-    assert!(is_timeout(&connect_from(
-        &seg, disallowed, WEB_PORT, DROPPED
-    )));
-    assert!(drops(&seg).1 >= 1);
+    allowed_served_disallowed_dropped(&seg, "");
 }
 
 /// `--xdp auto` (the default): native mode where the driver has a hook (veth), and no
@@ -383,7 +382,6 @@ fn auto_mode_guards_natively_and_leaves_lo_alone() {
     const LOCAL_ADMIN: u16 = 8602;
     let seg = Segment::new("a");
     let s1 = backend(&seg);
-    let [allowed, disallowed, _] = CLIENT_IPS;
     let local = format!("local G 127.0.0.1:* - 127.0.0.1:{LOCAL_ADMIN} ;\n");
     let xdp_line = || {
         let stats = admin_on_loopback(&seg, LOCAL_ADMIN, "show stats\n");
@@ -407,11 +405,7 @@ fn auto_mode_guards_natively_and_leaves_lo_alone() {
     let want = format!("xdp auto {} ", seg.server_if);
     let followed = wait_until(WAIT_TIMEOUT, || xdp_line().starts_with(&want));
     assert!(followed, "{:?} {}", xdp_line(), g6.diagnostics());
-    let link = seg
-        .server
-        .ip_out(&["-d", "link", "show", "dev", &seg.server_if]);
-    assert!(link.contains(" xdp ") || link.contains(" xdp/"), "{link}");
-    assert!(!link.contains("xdpgeneric"), "{link}");
+    assert_native_on_veth(&seg);
     let lo = seg.server.ip_out(&["-d", "link", "show", "dev", "lo"]);
     assert!(!lo.contains("xdp"), "lo must stay unguarded: {lo}");
     let said = g6
@@ -419,14 +413,7 @@ fn auto_mode_guards_natively_and_leaves_lo_alone() {
         .matches("xdp: lo has no native XDP hook; not guarded")
         .count();
     assert_eq!(said, 1, "{}", g6.diagnostics());
-    assert_eq!(
-        connect_from(&seg, allowed, WEB_PORT, DROPPED).unwrap(),
-        "s1"
-    );
-    assert!(is_timeout(&connect_from(
-        &seg, disallowed, WEB_PORT, DROPPED
-    )));
-    assert!(drops(&seg).1 >= 1);
+    allowed_served_disallowed_dropped(&seg, "");
 }
 
 #[test]

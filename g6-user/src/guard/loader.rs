@@ -313,11 +313,8 @@ impl Guard {
                 // Only "this driver has no native hook" means skip; anything else (another
                 // program, MTU too large for XDP, no memory) is a failure to say at WARN.
                 Err(e) if self.mode == AttachMode::Auto => {
-                    return if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                        Ok(None)
-                    } else {
-                        Err(err(e))
-                    };
+                    let no_hook = e.raw_os_error() == Some(libc::EOPNOTSUPP);
+                    return if no_hook { Ok(None) } else { Err(err(e)) };
                 }
                 Err(e) => tracing::warn!(
                     "xdp: native mode on {} unavailable ({e}); using generic mode there",
