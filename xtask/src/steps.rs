@@ -157,6 +157,17 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         sh(c.env(NO_EBPF_BIN, &no_ebpf))
     })?;
     crate::fuzz::ci_step(ctx)?;
+    // The benchmark's CI size: it must keep working (its own packages, every target, every
+    // figure); the measured run is `cargo xtask bench`.
+    step("cargo xtask bench --smoke", || {
+        #[derive(clap::Parser)]
+        struct Smoke {
+            #[command(flatten)]
+            args: crate::bench::BenchArgs,
+        }
+        let smoke = <Smoke as clap::Parser>::parse_from(["bench", "--smoke"]);
+        crate::bench::run(&smoke.args)
+    })?;
     step("g6 -f etc/G6.conf --check", || {
         let mut c = Command::new(ctx.g6_bin());
         c.args(["-f", "etc/G6.conf", "--check"])

@@ -6,8 +6,10 @@
 //! * Targets, each on its own pair of ports (HTTP rule: round robin over the two sites; bulk
 //!   rule: to iperf3), all started once and stopped by PID at the end (guards): `direct` (no
 //!   proxy), `haproxy` (mode tcp), `haproxy-splice` (same with `option splice-auto`), `nginx`
-//!   (stream), `g6-sockmap`, `g6-splice`, `g6-copy`. Every proxy gets the same number of
-//!   threads/worker processes (`--threads`, default 1 = g6's default on 2 CPUs) and no access log.
+//!   (stream), `g6-sockmap`, `g6-splice`, `g6-copy`, and `floor` (`floor-relay`: the least a
+//!   user-space relay can do, a bound for every proxy). Every proxy gets the same number of
+//!   threads/worker processes (`--threads`, default 1 = g6's default on 2 CPUs; the floor
+//!   relay has one) and no access log.
 //! * Figures (`--tests`): `conn` (a connection per request), `keepalive` (request rate and
 //!   latency at saturation), `paced` (the same requests with a think time per connection, so
 //!   the client, not the proxy, sets the rate), `file` (100 KiB responses, keep-alive), `bulk1`/`bulk8` (iperf3 upload, 1 and 8
@@ -43,6 +45,10 @@ pub struct BenchArgs {
     /// Development run: 1 round, 2-second loads, 1 000 idle connections (about 2 minutes).
     #[arg(long)]
     pub quick: bool,
+    /// CI-sized check that the benchmark works: every target and figure once, 1-second loads,
+    /// 200 idle connections; fails unless every load completed without errors.
+    #[arg(long)]
+    pub smoke: bool,
     /// Rounds; each round measures every figure for every target [default: 5; quick: 1].
     #[arg(long)]
     pub rounds: Option<u32>,
@@ -50,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub duration: Option<u32>,
     /// Targets, comma-separated: direct, haproxy, haproxy-splice, nginx, g6-sockmap, g6-splice,
-    /// g6-copy, or `peers` / `g6` for groups [default: all].
+    /// g6-copy, floor, or `peers` / `g6` for groups [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Figures, comma-separated: conn, keepalive, paced, file, bulk1, bulk8, idle [default: all].
@@ -88,9 +94,15 @@ pub struct BenchArgs {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Kind {
     Direct,
-    Haproxy { splice: bool },
+    Haproxy {
+        splice: bool,
+    },
     Nginx,
-    G6 { path: DataPath },
+    G6 {
+        path: DataPath,
+    },
+    /// The least a user-space relay can do (`floor-relay`): a bound, not a competitor.
+    Floor,
 }
 
 /// A G6 `--data-path`.
@@ -144,6 +156,7 @@ const ALL_TARGETS: &[(&str, Kind)] = &[
             path: DataPath::Copy,
         },
     ),
+    ("floor", Kind::Floor),
 ];
 
 pub const TESTS: &[&str] = &[
@@ -256,13 +269,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
 
     let g6_bin = if args.no_setup {
-        let built = root.join("target/release/g6");
-        let copy = run_dir.join("g6");
-        fs::copy(&built, &copy).with_context(|| format!("copy {}", built.display()))?;
-        copy
+        setup::copy_built(&root, &run_dir)?
     } else {
         step("install Debian packages if missing", setup::ensure_packages)?;
-        step("cargo build --release -p g6-user", || {
+        step("cargo build --release (g6, floor-relay)", || {
             setup::build_g6(&root, &run_dir)
         })?
     };
@@ -355,7 +365,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     meta.elapsed_s = t0.elapsed().as_secs_f64();
     let results = report::Results::new(meta, targets, samples).relative_to(&root);
     match &result {
-        Ok(()) => emit(&results, &root, args.publish)?,
+        Ok(()) => {
+            emit(&results, &root, args.publish)?;
+            if args.smoke {
+                smoke_verdict(&results.samples)?;
+                println!("g6-bench --smoke: every target measured every figure without errors");
+            }
+        }
         Err(_) => {
             let partial = out_dir.join("results.partial.json");
             fs::write(&partial, serde_json::to_string_pretty(&results)?)?;
@@ -363,6 +379,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     result
+}
+
+/// `--smoke` passes when every load completed without errors. A `paced` load of `direct`
+/// that was not client-bound is a verdict on the machine's load, not a breakage.
+fn smoke_verdict(samples: &[Sample]) -> Result<()> {
+    let bad: Vec<String> = samples
+        .iter()
+        .filter(|s| !s.ok)
+        .filter(|s| !(s.test == "paced" && s.errors.iter().all(|e| e.contains("client-bound"))))
+        .map(|s| format!("{} {}: {}", s.target, s.test, s.errors.join("; ")))
+        .collect();
+    if samples.is_empty() {
+        bail!("no load was measured");
+    }
+    if !bad.is_empty() {
+        bail!("{} load(s) failed:\n  {}", bad.len(), bad.join("\n  "));
+    }
+    Ok(())
 }
 
 /// Writes results.{json,md} and chart.svg into target/bench (and docs/bench with `publish`).
@@ -456,19 +490,26 @@ fn resolve(args: &BenchArgs) -> Result<Settings> {
     if args.threads == 0 || args.connections == 0 {
         bail!("--threads and --connections must be at least 1");
     }
-    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
+    let quick = args.quick || args.smoke;
+    let rounds = args.rounds.unwrap_or(if quick { 1 } else { 5 }).max(1);
     let duration_s = args
         .duration
-        .unwrap_or(if args.quick { 2 } else { 3 })
+        .unwrap_or(match (args.smoke, args.quick) {
+            (true, _) => 1,
+            (_, true) => 2,
+            _ => 3,
+        })
         .max(1);
-    let idle = args
-        .idle_conns
-        .unwrap_or(if args.quick { 1000 } else { 10_000 });
+    let idle = args.idle_conns.unwrap_or(match (args.smoke, args.quick) {
+        (true, _) => 200,
+        (_, true) => 1000,
+        _ => 10_000,
+    });
     if u32::from(args.base_port) + 10 + 2 * ALL_TARGETS.len() as u32 > 32_000 {
         bail!("--base-port too high (keep the ports below the ephemeral range)");
     }
     Ok(Settings {
-        quick: args.quick,
+        quick,
         rounds,
         duration_s,
         threads: args.threads,
@@ -661,6 +702,12 @@ fn start_targets(
                     .arg(files.dir.join(format!("{}.error.log", t.name)))
                     .arg("-c")
                     .arg(&conf);
+                (c, libc::SIGTERM)
+            }
+            Kind::Floor => {
+                t.data_path = "recv/send".into();
+                let mut c = Command::new(files.dir.join(setup::FLOOR_RELAY));
+                c.arg(&conf);
                 (c, libc::SIGTERM)
             }
             Kind::G6 { path } => {
@@ -1112,4 +1159,49 @@ fn collect_meta(root: &Path, g6_bin: &Path, settings: &Settings, files: &Files) 
         commands,
         settings: settings.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(target: &str, test: &str, errors: &[&str]) -> Sample {
+        Sample {
+            round: 1,
+            seq: 0,
+            target: target.into(),
+            test: test.into(),
+            ok: errors.is_empty(),
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            metrics: BTreeMap::new(),
+            at_s: 0.0,
+            cpu: None,
+            load: None,
+            idle: None,
+        }
+    }
+
+    #[test]
+    fn smoke_fails_on_a_broken_load_and_names_it() {
+        let samples = vec![
+            sample("haproxy", "conn", &[]),
+            sample("floor", "bulk1", &["iperf3: connection refused"]),
+        ];
+        let e = smoke_verdict(&samples).unwrap_err().to_string();
+        assert!(e.contains("floor bulk1: iperf3: connection refused"), "{e}");
+        assert!(smoke_verdict(&[]).is_err());
+    }
+
+    #[test]
+    fn smoke_tolerates_a_paced_direct_load_that_was_not_client_bound() {
+        let why = load::not_client_bound(1_000.0, 32, setup::PACED_THINK_MS).unwrap();
+        let samples = vec![
+            sample("direct", "paced", &[&why]),
+            sample("g6-splice", "paced", &[]),
+        ];
+        smoke_verdict(&samples).unwrap();
+        // Any other error of a paced load still fails.
+        let samples = vec![sample("direct", "paced", &[&why, "wrk: 3 socket errors"])];
+        assert!(smoke_verdict(&samples).is_err());
+    }
 }

@@ -524,10 +524,10 @@ fn label(r: &Results, t: &Target) -> String {
     }
     .replace('|', "/")
     .to_string()
-        + if r.kind(&t.name) == Some(Kind::Direct) {
-            " (no proxy)"
-        } else {
-            ""
+        + match r.kind(&t.name) {
+            Some(Kind::Direct) => " (no proxy)",
+            Some(Kind::Floor) => " (minimal relay)",
+            _ => "",
         }
 }
 
@@ -968,13 +968,22 @@ pub fn markdown(r: &Results) -> String {
 
     let g6: Vec<&Target> = r.targets.iter().filter(|t| t.kind.is_g6()).collect();
     if !g6.is_empty() {
+        // The floor relay is judged by the same rules: where it misses a goal too, no
+        // user-space relay design can meet it on this machine.
+        let g6: Vec<&Target> = g6
+            .into_iter()
+            .chain(r.targets.iter().filter(|t| t.kind == Kind::Floor))
+            .collect();
         let _ = writeln!(
             o,
             "## G6 against its goals\n\n\
              Median [min–max] of the per-round ratios to the best peer (or to `direct`, or the \
              value). CPU goals \
              are judged on the CPU of the processes taking part + kernel threads; in parentheses \
-             the ratio of the proxy's own CPU (+ kernel threads) and of the whole machine's.\n"
+             the ratio of the proxy's own CPU (+ kernel threads) and of the whole machine's. \
+             `floor` (if measured) is judged the same way: the least a user-space relay can \
+             do (one thread, recv/send, no features); a goal it misses too is out of reach for \
+             any user-space relay on this machine.\n"
         );
         let heads: Vec<String> = g6.iter().map(|t| label(r, t)).collect();
         let _ = writeln!(o, "| goal | {} |", heads.join(" | "));
@@ -1075,7 +1084,14 @@ pub fn markdown(r: &Results) -> String {
          and no per-connection logging (g6 `--log-level {lvl}`, HAProxy without `log`, nginx \
          stream without `access_log`). HAProxy runs twice: defaults (recv/send) and `option \
          splice-auto`. The g6 binary is a private copy of the release build. Configurations: \
-         `results.json` → `targets[].config`.",
+         `results.json` → `targets[].config`.\n\
+         * `floor`: `floor-relay` (`xtask/src/bin/floor-relay.rs`), the least a user-space L4 \
+         relay does: one thread, one edge-triggered epoll set, accept, non-blocking connect \
+         (round robin), recv/send through one shared 64 KiB buffer, half-close passed on; no \
+         limits, timeouts, logs, admin port, health checks or splice. It is a bound, not a \
+         peer (never the \"best peer\"): what it costs above `direct` is the kernel's share \
+         of any proxy (a second TCP connection, two more transmissions and wake-ups per \
+         request), and what G6 costs above it is G6's own.",
         th = st.threads,
         nf = st.nofile,
         se = st.sessions,
@@ -1229,6 +1245,7 @@ fn color(t: &Target) -> &'static str {
             path: DataPath::Splice,
         } => "#ff7f0e",
         Kind::G6 { .. } => "#e7ba52",
+        Kind::Floor => "#7f7f7f",
     }
 }
 
@@ -1664,6 +1681,38 @@ mod tests {
         assert!(svg(&r).contains("Keep-alive requests / s"));
         assert!(!svg(&r).contains("Paced"));
         assert!(!console_table(&r).is_empty());
+    }
+
+    #[test]
+    fn floor_is_judged_beside_g6_and_is_never_the_best_peer() {
+        let mut samples = Vec::new();
+        for (name, rate) in [
+            ("haproxy", 20_000.0),
+            ("g6-splice", 21_000.0),
+            ("floor", 30_000.0),
+        ] {
+            samples.push(sample(1, name, "keepalive", &[("rate", rate)]));
+        }
+        let r = results(
+            &[
+                ("haproxy", Kind::Haproxy { splice: false }),
+                ("g6-splice", SPLICE),
+                ("floor", Kind::Floor),
+            ],
+            samples,
+        );
+        // Ratios are to HAProxy alone: a faster floor would otherwise be the reference.
+        let g6 = r.row("g6-splice", "keepalive", "rate").unwrap();
+        assert_eq!(g6.vs_best_peer.unwrap().median, 1.05);
+        let floor = r.row("floor", "keepalive", "rate").unwrap();
+        assert_eq!(floor.vs_best_peer.unwrap().median, 1.5);
+        let md = markdown(&r);
+        let head = md
+            .lines()
+            .find(|l| l.starts_with("| goal |"))
+            .expect("the goals table");
+        assert_eq!(head, "| goal | g6-splice | floor (minimal relay) |");
+        assert!(md.contains("| floor (minimal relay) |"));
     }
 
     #[test]

@@ -67,14 +67,15 @@ pub fn build_g6(root: &Path, run_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let f = run_timeout(
         Command::new(cargo)
-            .args(["build", "--release", "-p", "g6-user"])
+            .args(["build", "--release", "-p", "g6-user", "-p", "xtask"])
+            .args(["--bin", "g6", "--bin", FLOOR_RELAY])
             .current_dir(root),
         Duration::from_secs(45 * 60),
     )?;
     if !f.ok {
         let tail: Vec<&str> = f.stderr.lines().collect();
         bail!(
-            "cargo build --release -p g6-user: {}\n{}",
+            "cargo build --release (g6, {FLOOR_RELAY}): {}\n{}",
             f.status,
             tail[tail.len().saturating_sub(20)..].join("\n")
         );
@@ -82,11 +83,27 @@ pub fn build_g6(root: &Path, run_dir: &Path) -> Result<PathBuf> {
     if let Some(last) = f.stderr.lines().last() {
         println!("    {}", last.trim());
     }
-    let built = root.join("target/release/g6");
-    let copy = run_dir.join("g6");
-    fs::copy(&built, &copy)
-        .with_context(|| format!("copy {} to {}", built.display(), copy.display()))?;
-    Ok(copy)
+    copy_built(root, run_dir)
+}
+
+/// The relay of the `floor` target (`xtask/src/bin/floor-relay.rs`), beside g6 in the run dir.
+pub const FLOOR_RELAY: &str = "floor-relay";
+
+/// Copies the built g6 and floor relay into the run dir (what was built is what is measured,
+/// even if target/ is rebuilt meanwhile); returns g6's copy.
+pub fn copy_built(root: &Path, run_dir: &Path) -> Result<PathBuf> {
+    for name in [FLOOR_RELAY, "g6"] {
+        let built = root.join("target/release").join(name);
+        let copy = run_dir.join(name);
+        fs::copy(&built, &copy).with_context(|| {
+            format!(
+                "copy {} to {} (build it with `cargo build --release --bin {name}`)",
+                built.display(),
+                copy.display()
+            )
+        })?;
+    }
+    Ok(run_dir.join("g6"))
 }
 
 /// Fails, naming the port, if one of `ports` cannot be bound on 127.0.0.1.
@@ -333,6 +350,14 @@ pub fn proxy_conf(
         Kind::G6 { .. } => (
             files.dir.join(format!("{}.conf", t.name)),
             g6_conf(http, bulk, ports),
+        ),
+        Kind::Floor => (
+            files.dir.join(format!("{}.routes", t.name)),
+            format!(
+                "# {FLOOR_RELAY}: LISTEN BACKEND… (round robin), one thread.\n\
+                 127.0.0.1:{http} 127.0.0.1:{b1} 127.0.0.1:{b2}\n\
+                 127.0.0.1:{bulk} 127.0.0.1:{ip}\n"
+            ),
         ),
     };
     fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
