@@ -510,6 +510,35 @@ fn daemon_mode_launcher_exits_0_and_the_daemon_serves() {
     assert!(admin(a.addr(), "?").starts_with("show (rules|sessions|stats) [json]\n"));
     assert_eq!(identify(l.addr()), "s1");
 
+    // USR2: the successor daemonises too. The old generation names the successor's monitor
+    // (the pid file's), not the launcher it started, and leaves it serving.
+    let old = daemon;
+    kill(Pid::from_raw(old), Signal::SIGUSR2).unwrap();
+    let daemon: i32 = wait_for(WAIT_TIMEOUT, || {
+        fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|t| t.ends_with('\n'))?
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&p| p != old)
+    })
+    .unwrap_or_else(|| panic!("no successor in the pid file {}", launcher.diagnostics()));
+    guard.pid = Some(daemon);
+    let log = pid_file.with_file_name("g6.log");
+    let said = format!("USR2: successor {daemon} is serving");
+    assert!(
+        wait_until(WAIT_TIMEOUT, || fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains(&said))),
+        "no `{said}` in {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        wait_until(WAIT_TIMEOUT, || is_zombie_or_gone(old)),
+        "old generation {old} did not exit after the hand-over"
+    );
+    assert_eq!(identify(l.addr()), "s1");
+
     // Stopped by PID.
     kill(Pid::from_raw(daemon), Signal::SIGTERM).unwrap();
     assert!(

@@ -149,7 +149,7 @@ pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
             if successor_signalled(&s) {
                 tracing::info!(
                     "USR2: successor {} is serving; this generation stops accepting and drains",
-                    s.pid
+                    serving_pid(&m, &s)
                 );
                 draining = true;
                 restart_at = None;
@@ -393,6 +393,17 @@ fn stop_worker(worker: &Option<Running>) {
     if let Some(w) = worker {
         let _ = control::send(w.control.as_raw_fd(), &Message::Stop, &[]);
     }
+}
+
+/// The successor's monitor: a daemonising successor forks away from the launcher we started,
+/// and has written its own pid into the pid file (if any) before its ready byte.
+fn serving_pid(m: &Monitor, s: &Successor) -> Pid {
+    m.pid_file
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|&p| p > 0 && p != std::process::id() as i32)
+        .map_or(s.pid, Pid::from_raw)
 }
 
 /// True if the successor wrote its ready byte (EOF without it = failure).

@@ -2,7 +2,9 @@
 //! `floor` target. Each line of the file is `LISTEN BACKEND…` (IPv4 `addr:port`); `#` starts
 //! a comment. One thread, one edge-triggered epoll set, round robin, recv/send through one
 //! shared 64 KiB buffer (a direction holds memory only while its receiver lags), half-close
-//! passed on, and nothing else: no limits, timeouts, logs, admin port or health checks.
+//! passed on, and G6's two packet savings (the handshake's last ACK delayed onto the client's
+//! first bytes; last bytes and FIN in one segment); nothing else: no limits, timeouts, logs,
+//! admin port or health checks.
 //!
 //! It bounds what any user-space proxy can reach on the machine: what G6 costs above it is
 //! G6's own; what it costs above `direct` is the kernel's (a second TCP connection, two more
@@ -58,7 +60,7 @@ fn set_nodelay(fd: i32) {
     }
 }
 
-fn connect_to(addr: &SocketAddrV4) -> Option<i32> {
+fn connect_to(addr: &SocketAddrV4, client_bytes_waiting: bool) -> Option<i32> {
     // SAFETY: plain syscalls on an fd we own; sockaddr_in is fully initialised.
     unsafe {
         let fd = libc::socket(
@@ -70,6 +72,17 @@ fn connect_to(addr: &SocketAddrV4) -> Option<i32> {
             return None;
         }
         set_nodelay(fd);
+        if client_bytes_waiting {
+            // The handshake's last ACK rides with the client's first bytes, as G6 does.
+            let zero: libc::c_int = 0;
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&zero as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: addr.port().to_be(),
@@ -100,9 +113,11 @@ fn watch(ep: i32, fd: i32, token: u64, events: u32) {
 }
 
 /// Sends `bytes` to `to`; returns how many were taken, or None on an error other than EAGAIN.
-fn send_some(to: i32, bytes: &[u8]) -> Option<usize> {
+/// `more`: the FIN follows at once, let it leave in the same segment.
+fn send_some(to: i32, bytes: &[u8], more: bool) -> Option<usize> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     // SAFETY: sending from a valid slice.
-    let n = unsafe { libc::send(to, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::send(to, bytes.as_ptr().cast(), bytes.len(), flags) };
     if n >= 0 {
         Some(n as usize)
     } else if errno() == libc::EAGAIN {
@@ -118,7 +133,7 @@ fn pump(from: i32, to: i32, d: &mut Direction, scratch: &mut [u8], edge: bool, f
     d.fin |= fin;
     loop {
         if d.sent < d.pending.len() {
-            let Some(n) = send_some(to, &d.pending[d.sent..]) else {
+            let Some(n) = send_some(to, &d.pending[d.sent..], false) else {
                 return false;
             };
             d.sent += n;
@@ -151,8 +166,11 @@ fn pump(from: i32, to: i32, d: &mut Direction, scratch: &mut [u8], edge: bool, f
             continue;
         }
         // A short read drained the socket: edge-triggered epoll reports what comes next.
-        d.readable = n == scratch.len() || d.fin;
-        let Some(sent) = send_some(to, &scratch[..n]) else {
+        let short = n < scratch.len();
+        d.readable = !short || d.fin;
+        // The FIN is in and these were the last bytes (the next read is the EOF): they and
+        // the FIN leave as one segment, as G6 does (a packet and an ACK less).
+        let Some(sent) = send_some(to, &scratch[..n], short && d.fin) else {
             return false;
         };
         if sent < n {
@@ -257,7 +275,10 @@ fn main() {
                     }
                     let backend = route.backends[route.next % route.backends.len()];
                     route.next += 1;
-                    let Some(s) = connect_to(&backend) else {
+                    let mut waiting: libc::c_int = 0;
+                    // SAFETY: FIONREAD writes one int we own.
+                    unsafe { libc::ioctl(c, libc::FIONREAD, &mut waiting) };
+                    let Some(s) = connect_to(&backend, waiting > 0) else {
                         // SAFETY: our accepted fd.
                         unsafe { libc::close(c) };
                         continue;
