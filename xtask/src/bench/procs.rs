@@ -423,9 +423,11 @@ pub fn clock_ticks_per_s() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// Busy jiffies of the whole machine: user + nice + system + irq + softirq (guest time is
-/// inside user; idle, iowait and steal are not busy).
-pub fn machine_busy_ticks() -> Result<u64> {
+/// (busy, steal) jiffies of the whole machine. Busy: user + nice + system + irq + softirq
+/// (guest time is inside user; idle, iowait and steal are not busy). Steal: time the
+/// hypervisor ran someone else while our vCPUs wanted to run; a load measured meanwhile
+/// measures the host.
+pub fn machine_ticks() -> Result<(u64, u64)> {
     let text = fs::read_to_string("/proc/stat")?;
     let line = text.lines().next().context("empty /proc/stat")?;
     let v: Vec<u64> = line
@@ -433,15 +435,16 @@ pub fn machine_busy_ticks() -> Result<u64> {
         .skip(1)
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    if v.len() < 7 {
+    if v.len() < 8 {
         bail!("short /proc/stat line: {line}");
     }
-    Ok(v[0] + v[1] + v[2] + v[5] + v[6])
+    Ok((v[0] + v[1] + v[2] + v[5] + v[6], v[7]))
 }
 
 /// A CPU snapshot: the machine's busy ticks and every process's ticks.
 pub struct CpuSnap {
     busy: u64,
+    steal: u64,
     pub procs: HashMap<i32, ProcStat>,
     at: Instant,
 }
@@ -449,8 +452,10 @@ pub struct CpuSnap {
 pub fn cpu_snap() -> Result<CpuSnap> {
     // Processes first, then the machine: both well within one tick of each other.
     let procs = scan_procs();
+    let (busy, steal) = machine_ticks()?;
     Ok(CpuSnap {
-        busy: machine_busy_ticks()?,
+        busy,
+        steal,
         procs,
         at: Instant::now(),
     })
@@ -480,6 +485,9 @@ pub struct CpuUse {
     pub attributed_s: f64,
     /// machine − attributed: CPU used by everything else (the background load).
     pub other_s: f64,
+    /// CPU time the hypervisor took from our vCPUs (/proc/stat steal), summed over CPUs.
+    #[serde(default)]
+    pub steal_s: f64,
 }
 
 pub fn cpu_use(a: &CpuSnap, b: &CpuSnap, proxy: &[i32], backends: &[i32], client_s: f64) -> CpuUse {
@@ -517,6 +525,7 @@ pub fn cpu_use(a: &CpuSnap, b: &CpuSnap, proxy: &[i32], backends: &[i32], client
         client_s,
         attributed_s,
         other_s: (machine_s - attributed_s).max(0.0),
+        steal_s: b.steal.saturating_sub(a.steal) as f64 / hz,
     }
 }
 

@@ -900,20 +900,24 @@ pub fn markdown(r: &Results) -> String {
     let mut o = String::new();
     let m = &r.meta;
     let st = &m.settings;
-    let bg = stat(
-        r.samples
-            .iter()
-            .filter_map(|s| s.metrics.get("background_share").copied())
-            .collect(),
-    );
-    let bg_text = bg.map_or("—".into(), |s| {
-        format!(
-            "{:.0} % [{:.0}–{:.0} %]",
-            s.median * 100.0,
-            s.min * 100.0,
-            s.max * 100.0
+    let share_text = |key: &str| {
+        stat(
+            r.samples
+                .iter()
+                .filter_map(|s| s.metrics.get(key).copied())
+                .collect(),
         )
-    });
+        .map_or("—".into(), |s| {
+            format!(
+                "{:.0} % [{:.0}–{:.0} %]",
+                s.median * 100.0,
+                s.min * 100.0,
+                s.max * 100.0
+            )
+        })
+    };
+    let bg_text = share_text("background_share");
+    let steal_text = share_text("steal_share");
     let _ = writeln!(
         o,
         "# G6 benchmark: side by side with HAProxy and nginx (loopback)\n"
@@ -936,7 +940,9 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         o,
         "Machine: {} vCPU ({}), {} GiB, Linux {}, **shared with other jobs**: load average {} at \
-         start; other jobs used {} of the machine's busy CPU time during the loads. All traffic \
+         start; other jobs used {} of the machine's busy CPU time during the loads, and the \
+         hypervisor took {} of the vCPUs' time (steal; a figure whose load in a round lost \
+         over {:.0} % is left out of that round for every target). All traffic \
          on 127.0.0.1. {} (git {}); {}; {}; {}; {}.\n",
         m.cpus,
         m.cpu_model,
@@ -948,6 +954,8 @@ pub fn markdown(r: &Results) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         bg_text,
+        steal_text,
+        super::STEAL_LIMIT * 100.0,
         version(m, "g6"),
         m.git,
         version(m, "haproxy"),
@@ -1192,7 +1200,7 @@ pub fn markdown(r: &Results) -> String {
 pub fn sample_line(s: &Sample) -> String {
     let mut parts: Vec<String> = Vec::new();
     for (k, v) in &s.metrics {
-        if k == "background_share" || k.contains("attr") {
+        if k == "background_share" || k == "steal_share" || k.contains("attr") {
             continue;
         }
         let unit = metric(&s.test, k).map_or("", |m| m.unit);
