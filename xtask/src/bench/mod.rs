@@ -806,34 +806,6 @@ struct Bench<'a> {
     cpus: f64,
 }
 
-/// A load during which the hypervisor took more than this share of the vCPUs' time (steal)
-/// measured the host: its figure is left out of that round for every target.
-const STEAL_LIMIT: f64 = 0.10;
-
-/// Marks every sample of one figure in one round as failed if the hypervisor disturbed any
-/// of their loads: ratios are taken within the round, and a stalled peer (or G6) would skew
-/// them either way.
-fn mark_disturbed(samples: &mut [Sample]) {
-    let worst = samples
-        .iter()
-        .filter_map(|s| Some((s.metrics.get("steal_share").copied()?, &s.target)))
-        .filter(|(share, _)| *share > STEAL_LIMIT)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    let Some((share, target)) = worst else {
-        return;
-    };
-    let why = format!(
-        "round disturbed: the hypervisor took {:.0} % of the vCPUs' time during {target}'s load \
-         (steal; limit {:.0} %)",
-        share * 100.0,
-        STEAL_LIMIT * 100.0
-    );
-    for s in samples {
-        s.ok = false;
-        s.errors.push(why.clone());
-    }
-}
-
 impl Bench<'_> {
     fn round(&mut self, round: u32, samples: &mut Vec<Sample>) -> Result<()> {
         let n = self.targets.len();
@@ -849,7 +821,6 @@ impl Bench<'_> {
             }
         }
         for test in &tests {
-            let first = samples.len();
             for &ti in &order {
                 check_interrupted()?;
                 let t = &self.targets[ti];
@@ -860,9 +831,6 @@ impl Bench<'_> {
                 let s = self.measure(round, ti, test)?;
                 println!("    {}", report::sample_line(&s));
                 samples.push(s);
-            }
-            if test != "idle" {
-                mark_disturbed(&mut samples[first..]);
             }
         }
         Ok(())
@@ -1237,33 +1205,6 @@ mod tests {
         assert!(smoke_verdict(&[]).is_err());
     }
 
-    fn with_steal(target: &str, share: f64) -> Sample {
-        let mut s = sample(target, "conn", &[]);
-        s.metrics.insert("steal_share".into(), share);
-        s
-    }
-
-    #[test]
-    fn a_load_the_hypervisor_disturbed_leaves_the_figure_out_of_the_round_for_all() {
-        let mut round = vec![with_steal("haproxy", 0.01), with_steal("g6-splice", 0.35)];
-        mark_disturbed(&mut round);
-        for s in &round {
-            assert!(!s.ok);
-            assert_eq!(
-                s.errors,
-                [
-                    "round disturbed: the hypervisor took 35 % of the vCPUs' time during \
-                  g6-splice's load (steal; limit 10 %)"
-                ]
-            );
-        }
-        // The smoke run does not fail on the machine's weather.
-        smoke_verdict(&round).unwrap();
-        let mut calm = vec![with_steal("haproxy", 0.02), with_steal("g6-splice", 0.10)];
-        mark_disturbed(&mut calm);
-        assert!(calm.iter().all(|s| s.ok && s.errors.is_empty()));
-    }
-
     #[test]
     fn smoke_tolerates_a_paced_direct_load_that_was_not_client_bound() {
         let why = load::not_client_bound(1_000.0, 32, setup::PACED_THINK_MS).unwrap();
@@ -1272,6 +1213,9 @@ mod tests {
             sample("g6-splice", "paced", &[]),
         ];
         smoke_verdict(&samples).unwrap();
+        // Nor does a round the hypervisor disturbed (the machine's weather, not a breakage).
+        let disturbed = "round disturbed: the hypervisor took 40 % of the vCPUs' time";
+        smoke_verdict(&[sample("haproxy", "conn", &[disturbed])]).unwrap();
         // Any other error of a paced load still fails.
         let samples = vec![sample("direct", "paced", &[&why, "wrk: 3 socket errors"])];
         assert!(smoke_verdict(&samples).is_err());

@@ -321,7 +321,11 @@ pub struct Row {
     /// Per round: value / the best peer's value (HAProxy or nginx) in that round.
     pub vs_best_peer: Option<Stat>,
     pub rounds: usize,
+    /// Rounds whose sample failed, not counting those left out for steal.
     pub rounds_with_errors: usize,
+    /// Rounds left out because the hypervisor disturbed a load of the figure.
+    #[serde(default)]
+    pub rounds_disturbed: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -334,8 +338,59 @@ pub struct Results {
     pub samples: Vec<Sample>,
 }
 
+/// A load during which the hypervisor took more than this share of the vCPUs' time (steal)
+/// measured the host more than the proxy: on 2 vCPUs shared by client, backends and proxy,
+/// a quarter stolen is half a CPU gone.
+pub const STEAL_LIMIT: f64 = 0.25;
+const DISTURBED: &str = "round disturbed";
+
+/// Leaves out of a round every target's sample of a figure if the hypervisor disturbed any
+/// of their loads (ratios are taken within the round: a stalled peer, or G6, would skew them
+/// either way). Applied whenever results are summarised, so re-rendering an older run
+/// applies the current limit.
+fn apply_steal_limit(mut samples: Vec<Sample>) -> Vec<Sample> {
+    for s in &mut samples {
+        s.errors.retain(|e| !e.starts_with(DISTURBED));
+        s.ok = s.errors.is_empty();
+    }
+    let mut groups: std::collections::BTreeMap<(String, u32), Vec<usize>> = Default::default();
+    for (i, s) in samples.iter().enumerate() {
+        if s.test != "idle" && s.test != "start" {
+            groups.entry((s.test.clone(), s.round)).or_default().push(i);
+        }
+    }
+    for group in groups.values() {
+        let worst = group
+            .iter()
+            .filter_map(|&i| Some((samples[i].metrics.get("steal_share").copied()?, i)))
+            .filter(|(share, _)| *share > STEAL_LIMIT)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((share, worst)) = worst else {
+            continue;
+        };
+        let why = format!(
+            "{DISTURBED}: the hypervisor took {:.0} % of the vCPUs' time during {}'s load \
+             (steal; limit {:.0} %)",
+            share * 100.0,
+            samples[worst].target,
+            STEAL_LIMIT * 100.0
+        );
+        for &i in group {
+            samples[i].ok = false;
+            samples[i].errors.push(why.clone());
+        }
+    }
+    samples
+}
+
+/// Left out for steal only (no error of its own).
+fn disturbed(s: &Sample) -> bool {
+    !s.errors.is_empty() && s.errors.iter().all(|e| e.starts_with(DISTURBED))
+}
+
 impl Results {
     pub fn new(meta: Meta, targets: Vec<Target>, samples: Vec<Sample>) -> Results {
+        let samples = apply_steal_limit(samples);
         let summary = summarize(&targets, &samples);
         Results {
             meta,
@@ -440,7 +495,8 @@ fn summarize(targets: &[Target], samples: &[Sample]) -> Vec<Row> {
                 vs_direct: stat(vs_direct),
                 vs_best_peer: stat(vs_peer),
                 rounds: mine.len(),
-                rounds_with_errors: mine.iter().filter(|s| !s.ok).count(),
+                rounds_with_errors: mine.iter().filter(|s| !s.ok && !disturbed(s)).count(),
+                rounds_disturbed: mine.iter().filter(|s| disturbed(s)).count(),
             });
         }
     }
@@ -497,6 +553,7 @@ fn cell(r: &Results, target: &str, test: &str, key: &str, which: Which) -> Strin
     let mut c = match s {
         Some(s) => stat_cell(&s, f),
         None if row.rounds_with_errors > 0 => "⚠ failed".into(),
+        None if row.rounds_disturbed > 0 => "— (every round disturbed)".into(),
         None => "—".into(),
     };
     if row.rounds_with_errors > 0 && s.is_some() {
@@ -955,7 +1012,7 @@ pub fn markdown(r: &Results) -> String {
             .join(" "),
         bg_text,
         steal_text,
-        super::STEAL_LIMIT * 100.0,
+        STEAL_LIMIT * 100.0,
         version(m, "g6"),
         m.git,
         version(m, "haproxy"),
@@ -1058,15 +1115,31 @@ pub fn markdown(r: &Results) -> String {
              connects.\n"
         );
     } else {
+        let mut said_disturbed = Vec::new();
         for s in bad {
-            let _ = writeln!(
-                o,
-                "* round {} `{}` {}: {}",
-                s.round,
-                s.test,
-                s.target,
-                s.errors.join("; ")
-            );
+            let errors: Vec<&str> = s
+                .errors
+                .iter()
+                .map(String::as_str)
+                .filter(|e| !e.starts_with(DISTURBED))
+                .collect();
+            if !errors.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "* round {} `{}` {}: {}",
+                    s.round,
+                    s.test,
+                    s.target,
+                    errors.join("; ")
+                );
+            }
+            // One line per figure and round left out for steal, not one per target.
+            if let Some(d) = s.errors.iter().find(|e| e.starts_with(DISTURBED))
+                && !said_disturbed.contains(&(s.round, &s.test))
+            {
+                said_disturbed.push((s.round, &s.test));
+                let _ = writeln!(o, "* round {} `{}`, every target: {d}", s.round, s.test);
+            }
         }
         o.push('\n');
     }
@@ -1721,6 +1794,54 @@ mod tests {
             .expect("the goals table");
         assert_eq!(head, "| goal | g6-splice | floor (minimal relay) |");
         assert!(md.contains("| floor (minimal relay) |"));
+    }
+
+    fn with_steal(round: u32, target: &str, share: f64) -> Sample {
+        let mut s = sample(round, target, "keepalive", &[("rate", 10_000.0)]);
+        s.metrics.insert("steal_share".into(), share);
+        s
+    }
+
+    #[test]
+    fn a_load_the_hypervisor_disturbed_leaves_the_figure_out_of_that_round_for_all() {
+        let samples = vec![
+            with_steal(1, "haproxy", 0.01),
+            with_steal(1, "g6-splice", 0.40),
+            with_steal(2, "haproxy", 0.02),
+            with_steal(2, "g6-splice", STEAL_LIMIT),
+        ];
+        let r = results(
+            &[
+                ("haproxy", Kind::Haproxy { splice: false }),
+                ("g6-splice", SPLICE),
+            ],
+            samples,
+        );
+        let why = "round disturbed: the hypervisor took 40 % of the vCPUs' time during \
+                   g6-splice's load (steal; limit 25 %)";
+        for s in r.samples.iter().filter(|s| s.round == 1) {
+            assert!(!s.ok);
+            assert_eq!(s.errors, [why]);
+        }
+        assert!(r.samples.iter().filter(|s| s.round == 2).all(|s| s.ok));
+        let row = r.row("g6-splice", "keepalive", "rate").unwrap();
+        assert_eq!(
+            (row.rounds, row.rounds_with_errors, row.rounds_disturbed),
+            (2, 0, 1)
+        );
+        let md = markdown(&r);
+        assert_eq!(md.matches(why).count(), 1, "said once per figure and round");
+        let rows: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("| g6-splice"))
+            .collect();
+        assert!(!rows.is_empty());
+        for l in rows {
+            assert!(!l.contains('⚠'), "a disturbed round is not an error: {l}");
+        }
+        // Summarising again (a re-render) neither doubles the mark nor keeps a stale one.
+        let again = Results::new(r.meta.clone(), r.targets.clone(), r.samples.clone());
+        assert_eq!(again.samples[0].errors, [why]);
     }
 
     #[test]
