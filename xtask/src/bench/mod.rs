@@ -391,7 +391,7 @@ fn smoke_verdict(samples: &[Sample]) -> Result<()> {
         .filter(|s| !s.ok)
         .filter(|s| {
             !s.errors.iter().all(|e| {
-                e.starts_with("round disturbed")
+                e.starts_with(report::DISTURBED)
                     || (s.test == "paced" && e.contains("client-bound"))
             })
         })

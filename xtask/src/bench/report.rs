@@ -342,7 +342,8 @@ pub struct Results {
 /// measured the host more than the proxy: on 2 vCPUs shared by client, backends and proxy,
 /// a quarter stolen is half a CPU gone.
 pub const STEAL_LIMIT: f64 = 0.25;
-const DISTURBED: &str = "round disturbed";
+/// How a sample left out for steal starts its error.
+pub const DISTURBED: &str = "round disturbed";
 
 /// Leaves out of a round every target's sample of a figure if the hypervisor disturbed any
 /// of their loads (ratios are taken within the round: a stalled peer, or G6, would skew them
