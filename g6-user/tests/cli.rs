@@ -446,6 +446,16 @@ impl Drop for DaemonGuard {
     }
 }
 
+/// The pid in a pid file once it is completely written (its newline is there).
+fn pid_written(pid_file: &Path) -> Option<i32> {
+    fs::read_to_string(pid_file)
+        .ok()
+        .filter(|t| t.ends_with('\n'))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn session_id(pid: i32) -> i32 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // pid (comm) state ppid pgrp session …
@@ -476,15 +486,8 @@ fn daemon_mode_launcher_exits_0_and_the_daemon_serves() {
         .unwrap_or_else(|| panic!("launcher did not exit {}", launcher.diagnostics()));
     assert_eq!(st.code(), Some(0), "{}", launcher.diagnostics());
 
-    let daemon: i32 = wait_for(WAIT_TIMEOUT, || {
-        fs::read_to_string(&pid_file)
-            .ok()
-            .filter(|t| t.ends_with('\n'))?
-            .trim()
-            .parse()
-            .ok()
-    })
-    .unwrap_or_else(|| panic!("no pid file {}", launcher.diagnostics()));
+    let daemon: i32 = wait_for(WAIT_TIMEOUT, || pid_written(&pid_file))
+        .unwrap_or_else(|| panic!("no pid file {}", launcher.diagnostics()));
     guard.pid = Some(daemon);
     assert_ne!(daemon, launcher.pid());
     assert!(!is_zombie_or_gone(daemon), "daemon {daemon} running");
@@ -515,13 +518,7 @@ fn daemon_mode_launcher_exits_0_and_the_daemon_serves() {
     let old = daemon;
     kill(Pid::from_raw(old), Signal::SIGUSR2).unwrap();
     let daemon: i32 = wait_for(WAIT_TIMEOUT, || {
-        fs::read_to_string(&pid_file)
-            .ok()
-            .filter(|t| t.ends_with('\n'))?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&p| p != old)
+        pid_written(&pid_file).filter(|&p| p != old)
     })
     .unwrap_or_else(|| panic!("no successor in the pid file {}", launcher.diagnostics()));
     guard.pid = Some(daemon);

@@ -273,7 +273,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         step("install Debian packages if missing", setup::ensure_packages)?;
         step("cargo build --release (g6, floor-relay)", || {
-            setup::build_g6(&root, &run_dir)
+            setup::build_binaries(&root, &run_dir)
         })?
     };
 

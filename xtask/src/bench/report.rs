@@ -1767,21 +1767,19 @@ mod tests {
 
     #[test]
     fn floor_is_judged_beside_g6_and_is_never_the_best_peer() {
-        let mut samples = Vec::new();
-        for (name, rate) in [
+        let samples = [
             ("haproxy", 20_000.0),
             ("g6-splice", 21_000.0),
             ("floor", 30_000.0),
-        ] {
-            samples.push(sample(1, name, "keepalive", &[("rate", rate)]));
-        }
+        ]
+        .map(|(name, rate)| sample(1, name, "keepalive", &[("rate", rate)]));
         let r = results(
             &[
                 ("haproxy", Kind::Haproxy { splice: false }),
                 ("g6-splice", SPLICE),
                 ("floor", Kind::Floor),
             ],
-            samples,
+            samples.into(),
         );
         // Ratios are to HAProxy alone: a faster floor would otherwise be the reference.
         let g6 = r.row("g6-splice", "keepalive", "rate").unwrap();

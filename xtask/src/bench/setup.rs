@@ -61,9 +61,9 @@ pub fn ensure_packages() -> Result<()> {
     Ok(())
 }
 
-/// `cargo build --release -p g6-user`, then a private copy of the binary in the run folder, so
-/// that a concurrent rebuild cannot change it during the run.
-pub fn build_g6(root: &Path, run_dir: &Path) -> Result<PathBuf> {
+/// Builds g6 and the floor relay (release), then [`copy_built`]: private copies in the run
+/// folder, so that a concurrent rebuild cannot change them during the run.
+pub fn build_binaries(root: &Path, run_dir: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let f = run_timeout(
         Command::new(cargo)
@@ -89,8 +89,7 @@ pub fn build_g6(root: &Path, run_dir: &Path) -> Result<PathBuf> {
 /// The relay of the `floor` target (`xtask/src/bin/floor-relay.rs`), beside g6 in the run dir.
 pub const FLOOR_RELAY: &str = "floor-relay";
 
-/// Copies the built g6 and floor relay into the run dir (what was built is what is measured,
-/// even if target/ is rebuilt meanwhile); returns g6's copy.
+/// Copies the built g6 and floor relay into the run dir; returns g6's copy.
 pub fn copy_built(root: &Path, run_dir: &Path) -> Result<PathBuf> {
     for name in [FLOOR_RELAY, "g6"] {
         let built = root.join("target/release").join(name);

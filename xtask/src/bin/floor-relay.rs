@@ -46,15 +46,15 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn set_nodelay(fd: i32) {
-    let one: libc::c_int = 1;
+/// An IPPROTO_TCP integer option; best effort (a failure only costs speed).
+fn set_tcp_option(fd: i32, option: libc::c_int, value: libc::c_int) {
     // SAFETY: a valid fd and a c_int option value of the right size.
     unsafe {
         libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
@@ -71,17 +71,10 @@ fn connect_to(addr: &SocketAddrV4, client_bytes_waiting: bool) -> Option<i32> {
         if fd < 0 {
             return None;
         }
-        set_nodelay(fd);
+        set_tcp_option(fd, libc::TCP_NODELAY, 1);
         if client_bytes_waiting {
             // The handshake's last ACK rides with the client's first bytes, as G6 does.
-            let zero: libc::c_int = 0;
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&zero as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            set_tcp_option(fd, libc::TCP_QUICKACK, 0);
         }
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -180,6 +173,54 @@ fn pump(from: i32, to: i32, d: &mut Direction, scratch: &mut [u8], edge: bool, f
     }
 }
 
+/// Edge-triggered interest in both directions and the peer's FIN, for every relayed socket.
+const PAIR_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
+/// Accepts every waiting client of `route`, connects it to the next backend and watches both
+/// sockets under the pair's slot (token `slot << 1 | side`).
+fn accept_all(ep: i32, route: &mut Route, pairs: &mut Vec<Option<Pair>>, free: &mut Vec<usize>) {
+    loop {
+        // SAFETY: accepting on our listener.
+        let c = unsafe {
+            libc::accept4(
+                route.fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            return;
+        }
+        let backend = route.backends[route.next % route.backends.len()];
+        route.next += 1;
+        let mut waiting: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int we own.
+        unsafe { libc::ioctl(c, libc::FIONREAD, &mut waiting) };
+        let Some(s) = connect_to(&backend, waiting > 0) else {
+            // SAFETY: our accepted fd.
+            unsafe { libc::close(c) };
+            continue;
+        };
+        let pair = Pair {
+            fd: [c, s],
+            dir: Default::default(),
+        };
+        let slot = match free.pop() {
+            Some(i) => {
+                pairs[i] = Some(pair);
+                i
+            }
+            None => {
+                pairs.push(Some(pair));
+                pairs.len() - 1
+            }
+        };
+        watch(ep, c, (slot as u64) << 1, PAIR_EVENTS);
+        watch(ep, s, ((slot as u64) << 1) | 1, PAIR_EVENTS);
+    }
+}
+
 fn parse_routes(text: &str) -> Result<Vec<(SocketAddrV4, Vec<SocketAddrV4>)>, String> {
     let mut routes = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -237,7 +278,7 @@ fn main() {
         }
         let fd = l.into_raw_fd();
         // Accepted sockets inherit TCP_NODELAY.
-        set_nodelay(fd);
+        set_tcp_option(fd, libc::TCP_NODELAY, 1);
         watch(ep, fd, LISTENER_BASE + i as u64, libc::EPOLLIN as u32);
         listeners.push(Route {
             fd,
@@ -252,7 +293,6 @@ fn main() {
     let mut closed: Vec<usize> = Vec::new();
     let mut scratch = vec![0u8; SCRATCH];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let flags = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
     loop {
         // SAFETY: the buffer holds `events.len()` entries.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
@@ -260,46 +300,7 @@ fn main() {
             let (token, bits) = (ev.u64, ev.events);
             if token >= LISTENER_BASE {
                 let route = &mut listeners[(token - LISTENER_BASE) as usize];
-                loop {
-                    // SAFETY: accepting on our listener.
-                    let c = unsafe {
-                        libc::accept4(
-                            route.fd,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        )
-                    };
-                    if c < 0 {
-                        break;
-                    }
-                    let backend = route.backends[route.next % route.backends.len()];
-                    route.next += 1;
-                    let mut waiting: libc::c_int = 0;
-                    // SAFETY: FIONREAD writes one int we own.
-                    unsafe { libc::ioctl(c, libc::FIONREAD, &mut waiting) };
-                    let Some(s) = connect_to(&backend, waiting > 0) else {
-                        // SAFETY: our accepted fd.
-                        unsafe { libc::close(c) };
-                        continue;
-                    };
-                    let pair = Pair {
-                        fd: [c, s],
-                        dir: Default::default(),
-                    };
-                    let slot = match free.pop() {
-                        Some(i) => {
-                            pairs[i] = Some(pair);
-                            i
-                        }
-                        None => {
-                            pairs.push(Some(pair));
-                            pairs.len() - 1
-                        }
-                    };
-                    watch(ep, c, (slot as u64) << 1, flags);
-                    watch(ep, s, ((slot as u64) << 1) | 1, flags);
-                }
+                accept_all(ep, route, &mut pairs, &mut free);
                 continue;
             }
             let slot = (token >> 1) as usize;
