@@ -7,6 +7,7 @@
 //! admitted on one thread and torn down on another.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -62,12 +63,18 @@ impl LimitTracker {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn admit(&self, counts: &Counts, ip: IpAddr) -> Result<(), LimitExceeded> {
-        if counts.total >= cap(self.limits.max_connections) {
+    /// Whether connections are counted per IP: only a per-IP limit needs it, and without
+    /// one an entry's connections cost no hashing of the client's address.
+    fn counts_ips(&self) -> bool {
+        self.limits.max_ip != 0 || self.limits.max_connections_per_ip != 0
+    }
+
+    /// `ips`: distinct IPs counted; `current`: connections counted for the client's IP.
+    fn admit(&self, total: u32, ips: usize, current: u32) -> Result<(), LimitExceeded> {
+        if total >= cap(self.limits.max_connections) {
             return Err(LimitExceeded::MaxConnections);
         }
-        let current = counts.per_ip.get(&ip).copied().unwrap_or(0);
-        if current == 0 && counts.per_ip.len() >= cap(self.limits.max_ip) as usize {
+        if current == 0 && ips >= cap(self.limits.max_ip) as usize {
             return Err(LimitExceeded::MaxIp);
         }
         if current >= cap(self.limits.max_connections_per_ip) {
@@ -79,15 +86,33 @@ impl LimitTracker {
     /// Would a new connection from `ip` be admitted now? (Servers use this to decide "full"
     /// without taking a count; the answer may be stale by the time of `try_acquire`.)
     pub fn check(&self, ip: IpAddr) -> Result<(), LimitExceeded> {
-        self.admit(&self.lock(), ip)
+        let counts = self.lock();
+        let current = counts.per_ip.get(&ip).copied().unwrap_or(0);
+        self.admit(counts.total, counts.per_ip.len(), current)
     }
 
-    /// Check and count atomically; the count is held until the permit is dropped.
+    /// Check and count atomically; the count is held until the permit is dropped. The IP
+    /// is hashed once (this runs for every connection): the checks of `admit` on its entry.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, LimitExceeded> {
-        let mut counts = self.lock();
-        self.admit(&counts, ip)?;
-        counts.total += 1;
-        *counts.per_ip.entry(ip).or_insert(0) += 1;
+        let mut guard = self.lock();
+        let Counts { total, per_ip } = &mut *guard;
+        if !self.counts_ips() {
+            self.admit(*total, 0, 0)?;
+            *total += 1;
+            return Ok(Permit {
+                tracker: Arc::clone(self),
+                ip,
+            });
+        }
+        let ips = per_ip.len();
+        let entry = per_ip.entry(ip);
+        let current = match &entry {
+            Entry::Occupied(n) => *n.get(),
+            Entry::Vacant(_) => 0,
+        };
+        self.admit(*total, ips, current)?;
+        *entry.or_insert(0) += 1;
+        *total += 1;
         Ok(Permit {
             tracker: Arc::clone(self),
             ip,
@@ -99,12 +124,13 @@ impl LimitTracker {
         self.lock().total
     }
 
-    /// Distinct client IPs with at least one connection.
+    /// Distinct client IPs with at least one connection (counted only under a per-IP limit).
     pub fn distinct_ips(&self) -> u32 {
         // Bounded by `total`, a u32.
         u32::try_from(self.lock().per_ip.len()).unwrap_or(u32::MAX)
     }
 
+    /// Connections from `ip` (counted only under a per-IP limit).
     pub fn active_for(&self, ip: IpAddr) -> u32 {
         self.lock().per_ip.get(&ip).copied().unwrap_or(0)
     }
@@ -113,10 +139,13 @@ impl LimitTracker {
         let mut counts = self.lock();
         // A permit exists only for a counted connection, so both counts are >= 1 here.
         counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.per_ip.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.per_ip.remove(&ip);
+        if !self.counts_ips() {
+            return;
+        }
+        if let Entry::Occupied(mut n) = counts.per_ip.entry(ip) {
+            *n.get_mut() = n.get().saturating_sub(1);
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }
@@ -238,9 +267,10 @@ mod tests {
         let permits: Vec<_> = (0..100)
             .map(|i| t.try_acquire(ip(i % 7)).unwrap())
             .collect();
+        // No per-IP limit: only the total is counted, no address is hashed.
         assert_eq!(
             (t.active(), t.distinct_ips(), t.active_for(ip(0))),
-            (100, 7, 15)
+            (100, 0, 0)
         );
         drop(permits);
         assert_eq!(
@@ -425,6 +455,9 @@ mod tests {
                     drop(held.swap_remove(pick.index(held.len())));
                 }
                 prop_assert_eq!(t.active() as usize, held.len());
+                let distinct: std::collections::HashSet<_> = held.iter().map(|p| p.ip()).collect();
+                let counted = if lim.1 != 0 || lim.2 != 0 { distinct.len() } else { 0 };
+                prop_assert_eq!(t.distinct_ips() as usize, counted);
             }
             drop(held);
             prop_assert_eq!((t.active(), t.distinct_ips()), (0, 0));

@@ -93,10 +93,55 @@ pub struct ClientPattern {
 
 impl ClientPattern {
     /// Whole-string glob match: `*` any run (also empty), `?` exactly one character.
+    /// Runs for every accepted client, so the texts are formatted on the stack, and a part
+    /// that is all stars (`*:*`, the common case) is not formatted at all.
     pub fn matches(&self, client: SocketAddr) -> bool {
+        let any = |glob: &str| glob.bytes().all(|c| c == b'*');
         // `IpAddr`'s Display is RFC 5952 lowercase for IPv6 and dotted decimal for IPv4.
-        glob_match(self.ip.as_bytes(), client.ip().to_string().as_bytes())
-            && glob_match(self.port.as_bytes(), client.port().to_string().as_bytes())
+        (any(&self.ip) || StackText::of(client.ip()).matched_by(&self.ip))
+            && (any(&self.port) || StackText::of(client.port()).matched_by(&self.port))
+    }
+}
+
+/// A value's `Display` text in a stack buffer, long enough for any IP address (45 bytes:
+/// IPv6 with an embedded IPv4) or port.
+struct StackText {
+    buf: [u8; 48],
+    len: usize,
+    /// The text did not fit (never for an address or a port): it is here instead.
+    spilled: Option<String>,
+}
+
+impl StackText {
+    fn of(value: impl fmt::Display) -> Self {
+        use fmt::Write as _;
+        let mut text = StackText {
+            buf: [0; 48],
+            len: 0,
+            spilled: None,
+        };
+        if write!(text, "{value}").is_err() {
+            text.spilled = Some(value.to_string());
+        }
+        text
+    }
+
+    fn matched_by(&self, glob: &str) -> bool {
+        let text = self
+            .spilled
+            .as_deref()
+            .map_or(&self.buf[..self.len], str::as_bytes);
+        glob_match(glob.as_bytes(), text)
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -239,5 +284,47 @@ mod tests {
         assert!(!glob_match(b"", b"1"));
         assert!(glob_match(b"", b""));
         assert!(glob_match(b"fe80::*", b"fe80::1"));
+    }
+
+    fn pattern(ip: &str, port: &str) -> ClientPattern {
+        ClientPattern {
+            text: format!("{ip}:{port}"),
+            ip: ip.into(),
+            port: port.into(),
+        }
+    }
+
+    #[test]
+    fn the_longest_address_texts_are_matched_whole() {
+        let full = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
+        let client: SocketAddr = full.parse().unwrap();
+        let text = client.ip().to_string();
+        assert_eq!(text.len(), 39);
+        assert!(pattern(&text, "65535").matches(client));
+        assert!(pattern(&format!("{}?", &text[..38]), "6553?").matches(client));
+        assert!(!pattern(&text[..38], "*").matches(client));
+        assert!(!pattern(&text, "6553").matches(client));
+        let mapped: SocketAddr = "[::ffff:255.255.255.255]:1".parse().unwrap();
+        assert!(pattern("::ffff:255.255.255.25?", "?").matches(mapped));
+        assert!(!pattern("255.255.255.255", "1").matches(mapped));
+    }
+
+    #[test]
+    fn all_star_parts_match_without_formatting_and_others_still_apply() {
+        let client: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        assert!(pattern("*", "*").matches(client));
+        assert!(pattern("**", "4567").matches(client));
+        assert!(!pattern("*", "4568").matches(client));
+        assert!(!pattern("10.1.2.4", "**").matches(client));
+    }
+
+    #[test]
+    fn a_text_too_long_for_the_stack_is_matched_from_the_heap() {
+        let long = "x".repeat(100);
+        let text = StackText::of(&long);
+        assert!(text.spilled.is_some());
+        assert!(text.matched_by(&long));
+        assert!(text.matched_by("x*"));
+        assert!(!text.matched_by("y*"));
     }
 }
