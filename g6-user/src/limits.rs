@@ -96,22 +96,18 @@ impl LimitTracker {
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, LimitExceeded> {
         let mut guard = self.lock();
         let Counts { total, per_ip } = &mut *guard;
-        if !self.counts_ips() {
+        if self.counts_ips() {
+            let ips = per_ip.len();
+            let entry = per_ip.entry(ip);
+            let current = match &entry {
+                Entry::Occupied(n) => *n.get(),
+                Entry::Vacant(_) => 0,
+            };
+            self.admit(*total, ips, current)?;
+            *entry.or_insert(0) += 1;
+        } else {
             self.admit(*total, 0, 0)?;
-            *total += 1;
-            return Ok(Permit {
-                tracker: Arc::clone(self),
-                ip,
-            });
         }
-        let ips = per_ip.len();
-        let entry = per_ip.entry(ip);
-        let current = match &entry {
-            Entry::Occupied(n) => *n.get(),
-            Entry::Vacant(_) => 0,
-        };
-        self.admit(*total, ips, current)?;
-        *entry.or_insert(0) += 1;
         *total += 1;
         Ok(Permit {
             tracker: Arc::clone(self),
