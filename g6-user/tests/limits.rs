@@ -392,7 +392,13 @@ fn descriptor_exhaustion_refuses_then_recovers() {
         &[&l],
         &["--data-path", "copy"],
     );
-    assert_eq!(identify(l.addr()), "s1");
+    let (name, warm_up) = connect_identify(l.addr());
+    assert_eq!(name, "s1");
+    let warm_peer = warm_up.local_addr().unwrap();
+    drop(warm_up);
+    // Its sockets close before its access line is written (`end_served`): until then they
+    // would leave holes below the limit set next, and the refused client would get served.
+    wait_access(&g6, warm_peer);
     let worker = worker_pid(&g6);
     // No descriptor left for an accept: only the reserve can take one.
     let old = set_nofile_soft(worker, lowest_free_fd(worker));
