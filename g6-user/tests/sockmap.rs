@@ -57,10 +57,28 @@ fn sockmap_available() -> bool {
 /// that makes it leave the fast path.
 const AHEAD: u64 = 256 << 10;
 
+/// Never more than this many bytes sent beyond what the agent has reported relayed. The
+/// driver keeps the kernel's budget at "reported − backlog + `BUDGET_SLACK`" and re-sets it
+/// after `BUDGET_SLACK / 4` of progress, publishing the counters just before; a sender held
+/// this close to them can at most reach "last budget's report + 2 × lead", inside the budget
+/// however late the driver runs (a driver that fell behind by 32 MiB, as under CI steal, let
+/// the verdict pass bytes locally and the pair left the fast path).
+const AGENT_LEAD: u64 = g6::proxy::sockmap::BUDGET_SLACK / 4;
+
+/// What the agent has reported relayed so far, for the sender to stay within
+/// [`AGENT_LEAD`] of; `None` for a transfer too short to need it.
+type Reported<'a> = Option<&'a mut dyn FnMut() -> u64>;
+
 /// Sends `n` bytes of a fresh stream on `tx` while a thread reads them from `rx`, at most
-/// [`AHEAD`] ahead of the reader; then closes `tx`'s side and `rx` (FIN both ways) and
-/// checks that `rx` got exactly the stream.
-fn paced_transfer(mut tx: TcpStream, mut rx: TcpStream, n: u64, what: &str) {
+/// [`AHEAD`] ahead of the reader (and [`AGENT_LEAD`] ahead of `reported`); then closes
+/// `tx`'s side and `rx` (FIN both ways) and checks that `rx` got exactly the stream.
+fn paced_transfer(
+    mut tx: TcpStream,
+    mut rx: TcpStream,
+    n: u64,
+    what: &str,
+    mut reported: Reported,
+) {
     let seed = fresh_seed();
     let read = Arc::new((Mutex::new(0u64), Condvar::new()));
     let reader = {
@@ -85,9 +103,20 @@ fn paced_transfer(mut tx: TcpStream, mut rx: TcpStream, n: u64, what: &str) {
     };
     let mut g = DataGen::new(seed);
     let mut buf = vec![0u8; AHEAD as usize / 2];
-    let mut sent = 0u64;
+    let (mut sent, mut agent_saw) = (0u64, 0u64);
     while sent < n {
         let k = (buf.len() as u64).min(n - sent) as usize;
+        if let Some(reported) = reported.as_mut()
+            && sent + k as u64 > agent_saw + AGENT_LEAD
+        {
+            agent_saw = wait_for(WAIT_TIMEOUT, || {
+                let r = reported();
+                (sent + k as u64 <= r + AGENT_LEAD).then_some(r)
+            })
+            .unwrap_or_else(|| {
+                panic!("{what}: the agent reported no progress past {agent_saw} of {sent}")
+            });
+        }
         g.fill(&mut buf[..k]);
         tx.write_all(&buf[..k]).unwrap();
         sent += k as u64;
@@ -125,16 +154,37 @@ fn split_line(g6: &G6Proc, client: SocketAddr) -> String {
 }
 
 /// One session of `n` bytes, upload or download, with a receiver that keeps up.
-fn session(l: &PreBound, server: &TcpListener, n: u64, upload: bool) -> SocketAddr {
+fn session(
+    l: &PreBound,
+    server: &TcpListener,
+    n: u64,
+    upload: bool,
+    reported: Reported,
+) -> SocketAddr {
     let c = connect(l.addr());
     let (s, _) = server.accept().expect("accept the agent's connection");
     let addr = c.local_addr().unwrap();
     if upload {
-        paced_transfer(c, s, n, "upload");
+        paced_transfer(c, s, n, "upload", reported);
     } else {
-        paced_transfer(s, c, n, "download");
+        paced_transfer(s, c, n, "download", reported);
     }
     addr
+}
+
+/// `bytes_in` (client→server) or `bytes_out` of rule `rule` in `show stats` (SPEC §9.5).
+fn rule_bytes(admin: &mut AdminConn, rule: &str, upload: bool) -> u64 {
+    admin.send("show stats\n");
+    // The admin rule's line, the rule's, its one server's, then the `xdp` line (README).
+    let reply = admin.read_lines(4);
+    let line = reply
+        .lines()
+        .find(|l| l.starts_with(&format!("rule {rule} ")))
+        .unwrap_or_else(|| panic!("no rule {rule} in show stats: {reply:?}"));
+    let key = if upload { "bytes_in=" } else { "bytes_out=" };
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
 /// The proof that a spliced session's bytes never cross the agent: the kernel's redirected
@@ -147,10 +197,13 @@ fn spliced_bytes_never_pass_through_the_agent() {
     }
     const N: u64 = 64 << 20;
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let l = PreBound::tcp("127.0.0.1:0");
+    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
     let g6 = G6Proc::start(
-        &format!("r RR *:* - {l} > {} ;\n", server.local_addr().unwrap()),
-        &[&l],
+        &format!(
+            "admin G 127.0.0.1:* - {a} ;\nr RR *:* - {l} > {} ;\n",
+            server.local_addr().unwrap()
+        ),
+        &[&a, &l],
         &["--data-path", "sockmap"],
     );
     g6.expect_log("path in use", WAIT_TIMEOUT, |t| {
@@ -160,13 +213,26 @@ fn spliced_bytes_never_pass_through_the_agent() {
     // A first session makes sure the worker has loaded its fast path (loading reads the
     // kernel's BTF, megabytes that are not relayed bytes).
     // (Too short to be accelerated, maybe: the FIN can come before the pair is inserted.)
-    let warm = session(&l, &server, 1024, true);
+    let warm = session(&l, &server, 1024, true, None);
     g6.expect_log("warm-up", WAIT_TIMEOUT, |t| {
         t.contains(&format!("client={warm} ")) && t.contains("path=sockmap bytes_in=1024 ")
     });
+    let mut admin = AdminConn::connect(a.addr());
     let before = io_bytes(worker);
-    let up = session(&l, &server, N, true);
-    let down = session(&l, &server, N, false);
+    // Earlier sessions add nothing more to the direction measured: the warm-up's access line
+    // is written, and the upload sends nothing back.
+    let mut in_session = |upload: bool| {
+        let base = rule_bytes(&mut admin, "r", upload);
+        session(
+            &l,
+            &server,
+            N,
+            upload,
+            Some(&mut || rule_bytes(&mut admin, "r", upload) - base),
+        )
+    };
+    let up = in_session(true);
+    let down = in_session(false);
     for (client, redirected) in [
         (up, format!("redirected_in={N} redirected_out=0 ")),
         (down, format!("redirected_in=0 redirected_out={N} ")),
