@@ -7,11 +7,15 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use support::data::{Checksum, DataGen, digest_of_stream, fresh_seed};
 
 use support::*;
@@ -187,16 +191,9 @@ fn rule_bytes(admin: &mut AdminConn, rule: &str, upload: bool) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
-/// The proof that a spliced session's bytes never cross the agent: the kernel's redirected
-/// counters account for every byte, user space relayed none (the pair never left the fast
-/// path: the receivers keep up), and the worker did no read(2)/write(2) of them either.
-#[test]
-fn spliced_bytes_never_pass_through_the_agent() {
-    if !sockmap_available() {
-        return;
-    }
-    const N: u64 = 64 << 20;
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+/// An agent on the `sockmap` path with rule `r` from a listener to `server`, and an admin
+/// port; → (agent, admin listener, `r`'s listener).
+fn start_spliced(server: &TcpListener) -> (G6Proc, PreBound, PreBound) {
     let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
     let g6 = G6Proc::start(
         &format!(
@@ -209,6 +206,20 @@ fn spliced_bytes_never_pass_through_the_agent() {
     g6.expect_log("path in use", WAIT_TIMEOUT, |t| {
         t.contains("data path sockmap")
     });
+    (g6, a, l)
+}
+
+/// The proof that a spliced session's bytes never cross the agent: the kernel's redirected
+/// counters account for every byte, user space relayed none (the pair never left the fast
+/// path: the receivers keep up), and the worker did no read(2)/write(2) of them either.
+#[test]
+fn spliced_bytes_never_pass_through_the_agent() {
+    if !sockmap_available() {
+        return;
+    }
+    const N: u64 = 64 << 20;
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (g6, a, l) = start_spliced(&server);
     let worker = worker_of(&g6);
     // A first session makes sure the worker has loaded its fast path (loading reads the
     // kernel's BTF, megabytes that are not relayed bytes).
@@ -258,6 +269,129 @@ fn spliced_bytes_never_pass_through_the_agent() {
     });
     g6.expect_log("download access line", WAIT_TIMEOUT, |t| {
         t.contains(&format!("client={down} ")) && t.contains(&format!("bytes_out={N} "))
+    });
+}
+
+/// A stopped process until dropped (SIGCONT), also when the test fails.
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(pid: i32) -> Frozen {
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+        let stopped = wait_until(WAIT_TIMEOUT, || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| Some(st.rsplit_once(')')?.1.trim_start().starts_with('T')))
+                == Some(true)
+        });
+        assert!(stopped, "process {pid} did not stop");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+    }
+}
+
+/// Sharp edge 4's hard bound, for an agent that stops looking: with the worker stopped, the
+/// verdict redirects no more than the budget the driver last set, then passes the rest
+/// locally, where TCP flow control holds the sender; resumed, the agent sees the passed bytes,
+/// leaves the fast path and relays the rest in user space, complete and in order.
+#[test]
+fn a_stopped_agent_bounds_what_the_kernel_redirects() {
+    if !sockmap_available() {
+        return;
+    }
+    const N: u64 = 64 << 20;
+    // Below `BUDGET_SLACK / 4`: the driver has not re-set the budget it set first, so
+    // the kernel may redirect exactly `BUDGET_SLACK` bytes of the upload.
+    const FIRST: u64 = 1 << 20;
+    const BUDGET: u64 = g6::proxy::sockmap::BUDGET_SLACK;
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (g6, a, l) = start_spliced(&server);
+    let worker = worker_of(&g6);
+    let mut admin = AdminConn::connect(a.addr());
+    let mut tx = connect(l.addr());
+    let (mut rx, _) = server.accept().expect("accept the agent's connection");
+    let client = tx.local_addr().unwrap();
+    let seed = fresh_seed();
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let received = Arc::clone(&received);
+        thread::spawn(move || {
+            rx.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
+            let mut sum = Checksum::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                match rx.read(&mut buf) {
+                    Ok(0) => return sum.digest(),
+                    Ok(k) => {
+                        sum.update(&buf[..k]);
+                        received.store(sum.len(), Relaxed);
+                    }
+                    Err(e) => panic!("receiver after {} bytes: {e}", sum.len()),
+                }
+            }
+        })
+    };
+    let mut g = DataGen::new(seed);
+    let mut first = vec![0u8; FIRST as usize];
+    g.fill(&mut first);
+    tx.write_all(&first).unwrap();
+    // Reported by the driver: the pair is spliced and its budget set.
+    assert!(
+        wait_until(WAIT_TIMEOUT, || rule_bytes(&mut admin, "r", true) >= FIRST),
+        "the first {FIRST} bytes were never reported"
+    );
+    let stopped = Frozen::stop(worker);
+    let sender = {
+        let mut tx = tx.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            let mut sent = FIRST;
+            while sent < N {
+                let k = (buf.len() as u64).min(N - sent) as usize;
+                g.fill(&mut buf[..k]);
+                tx.write_all(&buf[..k]).unwrap();
+                sent += k as u64;
+            }
+            tx.shutdown(Shutdown::Write).unwrap();
+        })
+    };
+    // The agent's socket took in more than the budget: the verdict passed the excess.
+    let tcp_acked = || g6::fastpath::tcp_info(tx.as_raw_fd()).unwrap().bytes_acked;
+    assert!(
+        wait_until(WAIT_TIMEOUT, || tcp_acked() > BUDGET),
+        "the stopped agent's socket took in only {} bytes",
+        tcp_acked()
+    );
+    let while_stopped = received.load(Relaxed);
+    drop(stopped);
+    assert!(
+        while_stopped <= BUDGET,
+        "{while_stopped} bytes were redirected while the agent was stopped (budget {BUDGET})"
+    );
+    sender.join().expect("sender thread");
+    let digest = reader.join().expect("receiver thread");
+    assert_eq!(digest, digest_of_stream(seed, N), "received stream");
+    tx.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
+    assert_eq!(tx.read(&mut [0u8; 1]).unwrap(), 0, "FIN back");
+    let line = split_line(&g6, client);
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+    };
+    assert!(line.contains("left_fast_path=true "), "{line}");
+    let (redirected, user) = (field("redirected_in"), field("user_in"));
+    assert!(
+        redirected <= BUDGET && redirected + user == N && user > 0,
+        "expected at most {BUDGET} redirected and the rest of {N} in user space: {line}"
+    );
+    g6.expect_log("access line", WAIT_TIMEOUT, |t| {
+        t.contains(&format!("client={client} ")) && t.contains(&format!("bytes_in={N} "))
     });
 }
 
