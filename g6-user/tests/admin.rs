@@ -802,7 +802,8 @@ fn block_unblock_and_show_blocked_byte_for_byte() {
     );
     assert!(served(&st, "127.0.0.3"));
     // A timed block ends on time, by itself.
-    assert_eq!(admin_cmd(a, "block 127.0.0.6 1s\n"), "127.0.0.6 blocked\n");
+    // Long enough for the refusal below to land inside it on a loaded machine.
+    assert_eq!(admin_cmd(a, "block 127.0.0.6 3s\n"), "127.0.0.6 blocked\n");
     expect_refused_from("127.0.0.6", st.l1);
     let ended = wait_until(WAIT_TIMEOUT, || {
         admin_cmd(a, "show blocked\n") == "127.0.0.4 0\n"

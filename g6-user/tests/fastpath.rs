@@ -12,7 +12,7 @@ use std::{
     os::fd::AsRawFd,
     process::Command,
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -87,8 +87,8 @@ fn sixteen_mib_each_way_concurrently_intact_and_counted() {
         let (c_rd, s_rd) = (clone(&r.client), clone(&r.server));
         let up_rx = spawn_reader(s_rd, 1);
         let down_rx = spawn_reader(c_rd, 2);
-        let up_tx = spawn_writer(clone(&r.client), 1, n, None);
-        let down_tx = spawn_writer(clone(&r.server), 2, n, None);
+        let up_tx = spawn_writer(clone(&r.client), 1, n, None, None);
+        let down_tx = spawn_writer(clone(&r.server), 2, n, None, None);
         up_tx.join().unwrap();
         down_tx.join().unwrap();
         // The FINs reach pa / pb themselves; relay them the way the agent does.
@@ -166,7 +166,7 @@ fn fin_on_a_socket_with_queued_egress_keeps_its_backlog() {
         let keys = fp.insert_pair(&r.pa, &r.pb).unwrap();
         let n = 16 * MIB;
         // Download while the client does not read: the data queues in pa's psock.
-        let tx = spawn_writer(clone(&r.server), 5, n, None);
+        let tx = spawn_writer(clone(&r.server), 5, n, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while fp.backlog(&keys, keys.b, &r.pa, 0).unwrap() < 2 * MIB {
             assert!(Instant::now() < deadline, "no backlog built up");
@@ -197,7 +197,7 @@ fn upload_64mib_then_fin_arrives_whole_when_fin_waits_for_drain() {
         let keys = fp.insert_pair(&r.pa, &r.pb).unwrap();
         let n = 64 * MIB;
         let rx = spawn_reader(clone(&r.server), 3);
-        let tx = spawn_writer(clone(&r.client), 3, n, None);
+        let tx = spawn_writer(clone(&r.client), 3, n, None, None);
         tx.join().unwrap();
         expect_eof(&r.pa);
         let backlog_at_eof = fp.backlog(&keys, keys.a, &r.pb, 0).unwrap();
@@ -222,10 +222,22 @@ fn backpressure_high_water_mark_then_userspace_relay_loses_nothing() {
         let keys = fp.insert_pair(&r.pa, &r.pb).unwrap();
         let n = 128 * MIB;
         let sent = Arc::new(AtomicU64::new(0));
-        let tx = spawn_writer(clone(&r.client), 4, n, Some(sent.clone()));
+        let hwm = 8 * MIB;
+        let (rmem, wmem) = (sysctl_max("tcp_rmem"), sysctl_max("tcp_wmem"));
+        // Until the switch, the client may write enough to pass the mark (the server's receive
+        // buffer and pb's send queue fill first) but not the whole stream: the watchdog below
+        // polls, and nothing else would stop the kernel taking all of it if the watchdog's
+        // thread were descheduled for the ~100 ms that takes.
+        let cap = WriteCap::new(hwm + rmem + 2 * wmem + 8 * MIB);
+        let tx = spawn_writer(
+            clone(&r.client),
+            4,
+            n,
+            Some(sent.clone()),
+            Some(cap.clone()),
+        );
 
         // The server does not read. Watchdog: over 8 MiB of backlog, stop redirecting.
-        let hwm = 8 * MIB;
         let deadline = Instant::now() + Duration::from_secs(30);
         let at_switch = loop {
             let b = fp.backlog(&keys, keys.a, &r.pb, 0).unwrap();
@@ -236,6 +248,7 @@ fn backpressure_high_water_mark_then_userspace_relay_loses_nothing() {
             assert!(Instant::now() < deadline, "backlog stayed at {b}");
             thread::sleep(Duration::from_micros(500));
         };
+        cap.lift();
 
         // Locally passed data is charged to pa's receive memory: TCP closes the window and the
         // client blocks. The bound is the receive window (net.ipv4.tcp_rmem max), plus what
@@ -247,7 +260,6 @@ fn backpressure_high_water_mark_then_userspace_relay_loses_nothing() {
              redirected {} passed {}",
             st.redirected_bytes, st.passed_bytes
         );
-        let (rmem, wmem) = (sysctl_max("tcp_rmem"), sysctl_max("tcp_wmem"));
         assert!(stalled < n, "the client was never blocked");
         assert!(
             st.passed_bytes <= rmem,
@@ -606,17 +618,41 @@ fn pattern(seed: u64, pos: u64) -> u8 {
 }
 
 /// Writes `n` pattern bytes, then FIN.
+/// How far a writer may go, shared with the test driving it.
+#[derive(Clone)]
+struct WriteCap(Arc<(Mutex<u64>, Condvar)>);
+
+impl WriteCap {
+    fn new(bytes: u64) -> WriteCap {
+        WriteCap(Arc::new((Mutex::new(bytes), Condvar::new())))
+    }
+
+    /// Blocks until the writer may write past `pos`; → how many bytes it may write.
+    fn wait_past(&self, pos: u64) -> u64 {
+        let (lock, cv) = &*self.0;
+        let cap = cv.wait_while(lock.lock().unwrap(), |c| *c <= pos).unwrap();
+        *cap - pos
+    }
+
+    fn lift(&self) {
+        *self.0.0.lock().unwrap() = u64::MAX;
+        self.0.1.notify_all();
+    }
+}
+
 fn spawn_writer(
     mut s: TcpStream,
     seed: u64,
     n: u64,
     progress: Option<Arc<AtomicU64>>,
+    cap: Option<WriteCap>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         let mut pos = 0u64;
         while pos < n {
-            let k = (n - pos).min(buf.len() as u64) as usize;
+            let allowed = cap.as_ref().map_or(u64::MAX, |c| c.wait_past(pos));
+            let k = (n - pos).min(buf.len() as u64).min(allowed) as usize;
             for (i, b) in buf[..k].iter_mut().enumerate() {
                 *b = pattern(seed, pos + i as u64);
             }

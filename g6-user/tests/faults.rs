@@ -423,9 +423,12 @@ fn all_servers_down_then_back() {
         "no service {back:?} after the failure {}",
         agent.g6.diagnostics()
     );
+    // The lower bound from before the failures (the moratorium starts after `t0`): from
+    // `failed_at`, taken once the test thread woke, it would shrink by that wake-up's delay.
+    let since_t0 = t0.elapsed();
     assert!(
-        back + Duration::from_millis(50) >= MORATORIUM,
-        "served {back:?} after the failure, before the {MORATORIUM:?} moratorium ended"
+        since_t0 + Duration::from_millis(50) >= MORATORIUM,
+        "served {since_t0:?} after the first try, before the {MORATORIUM:?} moratorium ended"
     );
     // And both servers serve (round robin).
     let mut c = connect(l.addr());

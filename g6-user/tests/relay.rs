@@ -1759,6 +1759,12 @@ fn access_line_of_a_normal_session() {
             let t0 = Instant::now();
             let mut c = connect(l.addr());
             let client = id(&c, l.addr());
+            // g6 connects to the sink after admitting the client, when its session clock has
+            // started: the hold below then lies inside the session however late g6 accepted.
+            assert!(
+                wait_until(WAIT_TIMEOUT, || sink.accepted() == 1),
+                "{ctx}: g6 never connected to the sink"
+            );
             // Hold the session open, silent, for a known time (and check nothing arrives).
             let hold = Duration::from_millis(250);
             expect_quiet(&mut c, hold, &ctx);
@@ -1801,8 +1807,8 @@ fn access_line_of_a_normal_session() {
             );
             a.expect(&ctx, "client_close", up, reply);
             // At most `seen` (g6 accepted after t0 and logged before we saw the line); at
-            // least the hold, less a few ms of skew: SO_RCVTIMEO expires on a jiffy, and g6's
-            // clock starts at its accept, after our connect. Enough to tell ms from s or µs.
+            // least the hold, less a few ms of skew (SO_RCVTIMEO expires on a jiffy). Enough
+            // to tell ms from s or µs.
             let ms = a.num("duration_ms");
             let skew = 10;
             assert!(
