@@ -32,6 +32,11 @@ const MIB: u64 = 1 << 20;
 const IDLE: Duration = Duration::from_secs(1);
 /// Slack for "promptly" on a loaded 2-core CI machine.
 const LATE: Duration = Duration::from_millis(700);
+/// "Promptly" for a client that first drains what was buffered when its server died (up to
+/// a receive and a send buffer each way, tens of MiB, checked byte by byte), beside two
+/// other data paths' transfers: still far below a missed death, which leaves the client
+/// waiting for bytes that never come.
+const LATE_AFTER_KILL: Duration = Duration::from_secs(3);
 
 /// Runs `f(path)` for every data path (not in `skip`) at once, each on its own thread.
 fn on_paths(skip: &[&str], f: impl Fn(&str) + Sync) {
@@ -237,7 +242,7 @@ fn server_killed_mid_transfer_is_seen_promptly() {
             "{ctx}: ended with {end} after {got} of {LEN} bytes"
         );
         assert!(
-            took < LATE,
+            took < LATE_AFTER_KILL,
             "{ctx}: the client saw the end {took:?} after the kill"
         );
         // After a FIN (half-close) the session lasts until the client closes too.
@@ -280,7 +285,7 @@ fn server_killed_mid_transfer_is_seen_promptly() {
             "{ctx}: the write failed with {err}, not a reset"
         );
         assert!(
-            took < LATE,
+            took < LATE_AFTER_KILL,
             "{ctx}: the client's write failed {took:?} after the kill"
         );
         let line = agent.access_of(c.local_addr().unwrap());
