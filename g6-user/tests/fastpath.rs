@@ -617,7 +617,6 @@ fn pattern(seed: u64, pos: u64) -> u8 {
         as u8
 }
 
-/// Writes `n` pattern bytes, then FIN.
 /// How far a writer may go, shared with the test driving it.
 #[derive(Clone)]
 struct WriteCap(Arc<(Mutex<u64>, Condvar)>);
@@ -640,6 +639,7 @@ impl WriteCap {
     }
 }
 
+/// Writes `n` pattern bytes (never past `cap`, if given), then FIN.
 fn spawn_writer(
     mut s: TcpStream,
     seed: u64,

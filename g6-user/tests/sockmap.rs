@@ -62,11 +62,11 @@ fn sockmap_available() -> bool {
 const AHEAD: u64 = 256 << 10;
 
 /// Never more than this many bytes sent beyond what the agent has reported relayed. The
-/// driver keeps the kernel's budget at "reported − backlog + `BUDGET_SLACK`" and re-sets it
-/// after `BUDGET_SLACK / 4` of progress, publishing the counters just before; a sender held
-/// this close to them can at most reach "last budget's report + 2 × lead", inside the budget
-/// however late the driver runs (a driver that fell behind by 32 MiB, as under CI steal, let
-/// the verdict pass bytes locally and the pair left the fast path).
+/// driver keeps the kernel's budget at least `BUDGET_SLACK − BUDGET_SLACK / 4` past what had
+/// arrived at its previous report, and a sender held to this lead gets at most two leads past
+/// that report (one before the next report, one after it): inside the budget however late the
+/// driver runs. Unpaced, a driver descheduled for the ~20 ms the kernel takes to splice
+/// `BUDGET_SLACK` (CI steal) let the verdict pass bytes locally: the pair left the fast path.
 const AGENT_LEAD: u64 = g6::proxy::sockmap::BUDGET_SLACK / 4;
 
 /// What the agent has reported relayed so far, for the sender to stay within
@@ -306,7 +306,7 @@ fn a_stopped_agent_bounds_what_the_kernel_redirects() {
     }
     const N: u64 = 64 << 20;
     // Below `BUDGET_SLACK / 4`: the driver has not re-set the budget it set first, so
-    // the kernel may redirect exactly `BUDGET_SLACK` bytes of the upload.
+    // the kernel may redirect at most `BUDGET_SLACK` bytes of the upload.
     const FIRST: u64 = 1 << 20;
     const BUDGET: u64 = g6::proxy::sockmap::BUDGET_SLACK;
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
