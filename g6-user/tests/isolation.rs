@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use e2e::*;
 use support::*;
 
-/// Polling bound for timed transitions (they are 1–2 s away).
-const TRANSITION_WAIT: Duration = Duration::from_secs(5);
+/// Polling bound for timed transitions (they are at most 3 s away). Timed states last 3 s,
+/// not 1: what a test checks inside one (admin round trips, client sessions) must fit in it
+/// on a loaded 2-core machine.
+const TRANSITION_WAIT: Duration = Duration::from_secs(8);
 
 fn ip_port(s: SocketAddr) -> String {
     format!("{} {}", s.ip(), s.port())
@@ -84,7 +86,7 @@ fn moratorium_isolates_a_failed_server_then_it_returns() {
     let x = RefusedAddr::new();
     let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
     let conf = format!(
-        "( moratorium = 1 ) ;\nadmin G 127.0.0.1:* - {a} ;\nm RR *:* - {l} > {} {} ;\n",
+        "( moratorium = 3 ) ;\nadmin G 127.0.0.1:* - {a} ;\nm RR *:* - {l} > {} {} ;\n",
         x.addr(),
         s1.addr()
     );
@@ -96,7 +98,7 @@ fn moratorium_isolates_a_failed_server_then_it_returns() {
     let (w1, t1) = (epoch_ms(), Instant::now());
     let (hb, unable, deadline) = triple(a.addr(), "m", x.addr());
     assert_eq!((hb, unable), (0, 1), "isolated");
-    assert_deadline(deadline, 1, w0, w1);
+    assert_deadline(deadline, 3, w0, w1);
     let sx = server_stats(a.addr(), "m", x.addr());
     assert_eq!(
         (sx["state"].as_str(), sx["failures"].as_u64()),
@@ -106,13 +108,13 @@ fn moratorium_isolates_a_failed_server_then_it_returns() {
     assert_eq!(identify(l.addr()), "s1");
     assert_eq!(server_stats(a.addr(), "m", x.addr())["failures"], 1);
 
-    // Back after 1 s, on its own (no traffic needed), and logged when it happens.
+    // Back after 3 s, on its own (no traffic needed), and logged when it happens.
     expect_transition(
         a.addr(),
         "m",
         x.addr(),
         (t0, t1),
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         |t| t == (0, 0, 0),
     );
     g6.expect_log("the transition logged", WAIT_TIMEOUT, |log| {
@@ -295,13 +297,13 @@ fn disable_and_enable_every_matching_entry_with_and_without_duration() {
     // Timed disable: DOWN until now+T, then UP on its own.
     let (w0, t0) = (epoch_ms(), Instant::now());
     assert_eq!(
-        admin(a.addr(), &format!("disable {ip} {port} 1s")),
+        admin(a.addr(), &format!("disable {ip} {port} 3s")),
         all("unabled")
     );
     let (w1, t1) = (epoch_ms(), Instant::now());
     for (hb, unable, deadline) in triples() {
         assert_eq!((hb, unable), (0, 1));
-        assert_deadline(deadline, 1, w0, w1);
+        assert_deadline(deadline, 3, w0, w1);
     }
     expect_refused(l2.addr());
     expect_transition(
@@ -309,7 +311,7 @@ fn disable_and_enable_every_matching_entry_with_and_without_duration() {
         "d2",
         s1.addr(),
         (t0, t1),
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         |t| t == (0, 0, 0),
     );
     assert_eq!(triples(), vec![(0, 0, 0); 3]);
@@ -329,6 +331,50 @@ fn disable_and_enable_every_matching_entry_with_and_without_duration() {
         help().to_string()
     );
     assert_eq!(triples(), vec![(0, 0, 0); 3]);
+}
+
+/// Isolation only steers new clients (SPEC §7 "available"): a session in flight on a server
+/// that is disabled carries on, still counted as the server's, while new clients go elsewhere.
+#[test]
+fn disabling_a_server_keeps_its_sessions_in_flight() {
+    let (s1, s2) = (Backend::identify("s1"), Backend::identify("s2"));
+    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
+    let conf = format!(
+        "admin G 127.0.0.1:* - {a} ;\nd RR *:* - {l} > {} {} ;\n",
+        s1.addr(),
+        s2.addr()
+    );
+    let g6 = G6Proc::start(&conf, &[&a, &l], COPY);
+    // Round robin starts with s1; hold that session.
+    let (name, held) = connect_identify(l.addr());
+    assert_eq!(name, "s1", "{}", g6.diagnostics());
+    let (ip, port) = (s1.addr().ip(), s1.addr().port());
+    assert_eq!(
+        admin(a.addr(), &format!("disable {ip} {port}")),
+        format!("d {ip} {port} unabled\n")
+    );
+    let sx = server_stats(a.addr(), "d", s1.addr());
+    assert_eq!(
+        (sx["state"].as_str(), sx["active"].as_u64()),
+        (Some("disabled"), Some(1)),
+        "{sx}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            identify(l.addr()),
+            "s2",
+            "new clients avoid the disabled server"
+        );
+    }
+    // The held session still relays both ways, to the end.
+    echo_checked_on(held, 1 << 20);
+    wait_server_stats(
+        a.addr(),
+        "d",
+        s1.addr(),
+        "active=0 once the session ended",
+        |s| s["active"] == 0,
+    );
 }
 
 fn help() -> &'static str {
@@ -358,20 +404,20 @@ fn timed_enable_and_disable_of_a_heartbeat_server() {
     // enable T: UP until now+T, then DOWN (awaiting a heartbeat).
     let (w0, t0) = (epoch_ms(), Instant::now());
     assert_eq!(
-        admin(a.addr(), &format!("enable {ip} {port} 1")),
+        admin(a.addr(), &format!("enable {ip} {port} 3")),
         format!("e {ip} {port} enabled\n")
     );
     let (w1, t1) = (epoch_ms(), Instant::now());
     let (hb, unable, deadline) = triple(a.addr(), "e", s1.addr());
     assert_eq!((hb, unable), (30, 0));
-    assert_deadline(deadline, 1, w0, w1);
+    assert_deadline(deadline, 3, w0, w1);
     assert_eq!(identify(l.addr()), "s1", "{}", g6.diagnostics());
     expect_transition(
         a.addr(),
         "e",
         s1.addr(),
         (t0, t1),
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         |t| t == (30, 1, 0),
     );
     assert_eq!(
@@ -387,18 +433,18 @@ fn timed_enable_and_disable_of_a_heartbeat_server() {
 
     // disable T on a heartbeat server: DOWN until t, then UP until t + hb.
     let (w0, t0) = (epoch_ms(), Instant::now());
-    admin(a.addr(), &format!("disable {ip} {port} 1"));
+    admin(a.addr(), &format!("disable {ip} {port} 3"));
     let (w1, t1) = (epoch_ms(), Instant::now());
     let (hb, unable, t) = triple(a.addr(), "e", s1.addr());
     assert_eq!((hb, unable), (30, 1));
-    assert_deadline(t, 1, w0, w1);
+    assert_deadline(t, 3, w0, w1);
     expect_refused(l.addr());
     let back = expect_transition(
         a.addr(),
         "e",
         s1.addr(),
         (t0, t1),
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         |t| t.1 == 0,
     );
     assert_eq!(back, (30, 0, t + 30), "UP until t + hb");
