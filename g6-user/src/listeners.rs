@@ -134,6 +134,22 @@ mod tests {
         assert!(parse_fd_list("garbage").1.len() == 1);
     }
 
+    /// SPEC §3: `SO_REUSEADDR`, never `SO_REUSEPORT`, IPv6 listeners v6-only (so `[::]:P`
+    /// and `0.0.0.0:P` are two listeners, as with the original).
+    #[test]
+    fn listeners_have_the_socket_options_spec_requires() {
+        for (addr, v6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+            let l = bind(addr.parse().unwrap()).unwrap();
+            let s = socket2::SockRef::from(&l);
+            assert!(s.reuse_address().unwrap(), "{addr}: SO_REUSEADDR");
+            assert!(!s.reuse_port().unwrap(), "{addr}: SO_REUSEPORT");
+            if v6 {
+                assert!(s.only_v6().unwrap(), "{addr}: IPV6_V6ONLY");
+            }
+            assert!(s.nonblocking().unwrap(), "{addr}: O_NONBLOCK");
+        }
+    }
+
     #[test]
     fn adopts_matching_and_binds_the_rest() {
         let pre = bind("127.0.0.1:0".parse().unwrap()).unwrap();
