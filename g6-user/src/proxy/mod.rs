@@ -171,8 +171,24 @@ fn admit(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, listener: &A
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+/// What a failed accept means for the accept loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptFailure {
+    /// Out of descriptors: refuse through the reserve, back off if that cannot help.
+    Descriptors,
+    /// Out of kernel memory: the listener stays readable, so retrying at once would spin
+    /// while the pressure lasts; back off.
+    Memory,
+    /// One client's trouble (`ECONNABORTED`, `EPROTO`, a firewall's `EPERM`…): go on.
+    OneClient,
+}
+
+fn classify_accept_error(e: &io::Error) -> AcceptFailure {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => AcceptFailure::Descriptors,
+        Some(libc::ENOBUFS | libc::ENOMEM) => AcceptFailure::Memory,
+        _ => AcceptFailure::OneClient,
+    }
 }
 
 /// Out of descriptors: free the reserve, accept one client and close it (refused), take the
@@ -236,18 +252,44 @@ pub async fn accept_loop(
                     backoff = Duration::from_millis(5);
                     admit(&shared, client, peer, &info);
                 }
-                Err(e) if is_fd_exhaustion(&e) => {
-                    tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
-                    if !refuse_via_reserve(&shared, &listener, &info) {
-                        // Never spin: wait a little longer each time nothing could be done.
+                Err(e) => match classify_accept_error(&e) {
+                    AcceptFailure::Descriptors => {
+                        tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
+                        if !refuse_via_reserve(&shared, &listener, &info) {
+                            // Never spin: wait a little longer each time nothing could be done.
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                    AcceptFailure::Memory => {
+                        tracing::warn!("accept on {}: {e}; retrying in {backoff:?}", info.addr);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
-                }
-                // ECONNABORTED and friends concern one client only.
-                Err(e) => tracing::debug!("accept on {}: {e}", info.addr),
+                    AcceptFailure::OneClient => tracing::debug!("accept on {}: {e}", info.addr),
+                },
             }
         }
     }
     shared.remove_listener(info.addr);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_classified_so_that_the_loop_never_spins() {
+        let class = |errno| classify_accept_error(&io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            assert_eq!(class(errno), AcceptFailure::Descriptors, "errno {errno}");
+        }
+        // The listener stays readable under memory pressure: these must back off.
+        for errno in [libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(class(errno), AcceptFailure::Memory, "errno {errno}");
+        }
+        for errno in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert_eq!(class(errno), AcceptFailure::OneClient, "errno {errno}");
+        }
+    }
 }
