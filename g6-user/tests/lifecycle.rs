@@ -555,7 +555,7 @@ fn restarts_and_reloads_under_load_lose_nothing() {
 }
 
 #[test]
-fn systemd_is_notified_of_readiness_main_pid_and_stop() {
+fn systemd_is_notified_of_readiness_main_pid_reloads_and_stop() {
     use std::os::unix::net::UnixDatagram;
     let s1 = Backend::identify("s1");
     let l = PreBound::tcp("127.0.0.1:0");
@@ -592,6 +592,30 @@ fn systemd_is_notified_of_readiness_main_pid_and_stop() {
             logged_by(l).is_some_and(|p| p != crashed && l.contains(&format!("worker {p} serving")))
         })
     });
+    // A reload is announced and its end reported, also when it fails (the running config
+    // stays): RELOADING=1 with the monotonic time, then READY=1 with the outcome.
+    let mut next = || {
+        let n = notify.recv(&mut buf).expect("no notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    for (config_ok, outcome) in [
+        (true, "HUP: reloaded"),
+        (false, "keeping the running config"),
+    ] {
+        if !config_ok {
+            std::fs::write(g6.dir().join("g6.conf"), "not a config\n").unwrap();
+        }
+        g6.signal(Signal::SIGHUP);
+        let msg = next();
+        assert!(
+            msg.contains("RELOADING=1\n") && msg.contains("MONOTONIC_USEC="),
+            "{msg}"
+        );
+        let msg = next();
+        assert!(msg.contains("READY=1") && msg.contains(outcome), "{msg}");
+        assert!(!msg.contains("RELOADING=1"), "{msg}");
+    }
+    assert_eq!(identify(l.addr()), "s1");
     g6.signal(Signal::SIGTERM);
     let n = notify.recv(&mut buf).expect("no stop notification");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();

@@ -233,7 +233,20 @@ pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
                 Err(e) => tracing::error!("USR2: cannot start a successor: {e}; still serving"),
             },
             Signal::SIGHUP if draining => tracing::warn!("HUP ignored while stopping"),
-            Signal::SIGHUP => reload(&mut m, &worker),
+            Signal::SIGHUP => {
+                // systemd shows the unit reloading until READY=1 (the notify-reload protocol).
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
+                // One line: a notification's fields are newline-separated.
+                let status = reload(&mut m, &worker)
+                    .unwrap_or_else(|e| e)
+                    .replace('\n', " | ");
+                notify(&[
+                    sd_notify::NotifyState::Status(&status),
+                    sd_notify::NotifyState::Ready,
+                ]);
+            }
             Signal::SIGCHLD => {
                 while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     let Some(pid) = status.pid() else { break };
@@ -485,21 +498,22 @@ fn spawn_successor(m: &Monitor) -> std::io::Result<Successor> {
 }
 
 /// HUP: validate the new config and bind its new listeners here, so a bad config or an
-/// unbindable address changes nothing; then hand both to the worker.
-fn reload(m: &mut Monitor, worker: &Option<Running>) {
+/// unbindable address changes nothing; then hand both to the worker. → what happened, as
+/// logged (an error keeps the running config).
+fn reload(m: &mut Monitor, worker: &Option<Running>) -> Result<String, String> {
     let label = m.conf_path.display().to_string();
     let text = match std::fs::read(&m.conf_path) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!("HUP: {label}: error: cannot open: {e}; keeping the running config");
-            return;
+            return Err(failed(format!(
+                "HUP: {label}: error: cannot open: {e}; keeping the running config"
+            )));
         }
     };
     let cfg = match config::parse(&label, &text) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("HUP: {e}; keeping the running config");
-            return;
+            return Err(failed(format!("HUP: {e}; keeping the running config")));
         }
     };
     let wanted: Vec<SocketAddr> = cfg.listeners().map(|(_, _, l)| l.addr).collect();
@@ -509,8 +523,9 @@ fn reload(m: &mut Monitor, worker: &Option<Running>) {
             match listeners::bind(*addr) {
                 Ok(l) => added.push((*addr, l)),
                 Err(e) => {
-                    tracing::error!("HUP: {label}: error: {e}; keeping the running config");
-                    return;
+                    return Err(failed(format!(
+                        "HUP: {label}: error: {e}; keeping the running config"
+                    )));
                 }
             }
         }
@@ -518,8 +533,9 @@ fn reload(m: &mut Monitor, worker: &Option<Running>) {
     if let Some(w) = worker {
         let fds: Vec<RawFd> = added.iter().map(|(_, l)| l.as_raw_fd()).collect();
         if let Err(e) = control::send(w.control.as_raw_fd(), &Message::Reload(text.clone()), &fds) {
-            tracing::error!("HUP: cannot reach the worker: {e}; keeping the running config");
-            return;
+            return Err(failed(format!(
+                "HUP: cannot reach the worker: {e}; keeping the running config"
+            )));
         }
     }
     for w in &cfg.warnings {
@@ -544,9 +560,15 @@ fn reload(m: &mut Monitor, worker: &Option<Running>) {
         wanted.len()
     );
     tracing::info!("{status}");
-    notify(&[sd_notify::NotifyState::Status(&status)]);
     m.cfg = cfg;
     m.conf_text = text;
+    Ok(status)
+}
+
+/// Logs a failed reload; → the message.
+fn failed(message: String) -> String {
+    tracing::error!("{message}");
+    message
 }
 
 /// HUP: the guard's tables and interfaces for the new config; the worker learns the new
