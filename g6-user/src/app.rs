@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -274,6 +275,7 @@ fn serve(opts: Options, cfg: Config, nofile: Option<u64>) -> anyhow::Result<()> 
             set_cpu_affinity: opts.set_cpu_affinity,
             data_path,
             sessions: opts.sessions,
+            drain_timeout: opts.drain_timeout.map(Duration::from_secs),
         },
         pid_file: opts.pid_file.clone(),
         xdp,

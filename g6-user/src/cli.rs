@@ -17,7 +17,7 @@ pub const USAGE: &str = "USAGE : G6 -f (config_pathfilename) [ -t (forward_threa
 [ -s (forward_session_size) ] [ --log-level (DEBUG|INFO|WARN|ERROR|FATAL) ] \
 [ --log-filename (logfilename) ] [ --close-log ] [ --no-daemon ] [ --set-cpu-affinity ] \
 [ --check ] [ --data-path (auto|sockmap|splice|copy) ] [ --pid-file (pathfilename) ] \
-[ --xdp (auto|off|generic|native) ]";
+[ --xdp (auto|off|generic|native) ] [ --drain-timeout (seconds) ]";
 
 /// `G6 v<semver> build <date>` then the product line.
 pub fn version_text() -> String {
@@ -107,6 +107,9 @@ pub struct Options {
     pub data_path: DataPathChoice,
     pub pid_file: Option<PathBuf>,
     pub xdp: XdpChoice,
+    /// `--drain-timeout` [ext]: seconds a stopping generation (TERM, or the old one after
+    /// USR2) lets its sessions run before it closes them; none = no limit (SPEC §3).
+    pub drain_timeout: Option<u64>,
 }
 
 /// What the command line asks for.
@@ -163,6 +166,8 @@ struct RawArgs {
     pid_file: Option<PathBuf>,
     #[arg(long = "xdp", allow_hyphen_values = true)]
     xdp: Option<String>,
+    #[arg(long = "drain-timeout", allow_hyphen_values = true)]
+    drain_timeout: Option<String>,
 }
 
 fn invalid_opt(s: impl fmt::Display) -> UsageError {
@@ -240,6 +245,11 @@ where
             DataPathChoice::parse(v).ok_or_else(|| invalid_opt(format!("--data-path {v}")))?
         }
     };
+    let drain_timeout = raw
+        .drain_timeout
+        .as_deref()
+        .map(|v| positive("--drain-timeout", v))
+        .transpose()?;
     let xdp = match raw.xdp.as_deref() {
         None => XdpChoice::Auto,
         Some(v) => XdpChoice::parse(v).ok_or_else(|| invalid_opt(format!("--xdp {v}")))?,
@@ -263,6 +273,7 @@ where
         data_path,
         pid_file: raw.pid_file,
         xdp,
+        drain_timeout,
     })))
 }
 
@@ -331,6 +342,11 @@ mod tests {
         assert!(o.close_log && o.no_daemon && o.set_cpu_affinity && o.check);
         assert_eq!(o.data_path, DataPathChoice::Splice);
         assert_eq!(o.pid_file, Some(PathBuf::from("/tmp/g6.pid")));
+        assert_eq!(o.drain_timeout, None, "no limit unless asked");
+        assert_eq!(
+            run(&["-f", "a", "--drain-timeout", "30"]).drain_timeout,
+            Some(30)
+        );
     }
 
     #[test]
@@ -367,6 +383,16 @@ mod tests {
         );
         assert_eq!(err(&["-f", "a", "--xdp", "on"]), "invalid opt[--xdp on]");
         assert_eq!(err(&["-f", "a", "--xdp"]), "invalid opt[--xdp]");
+        for bad in ["0", "-1", "5s", "x"] {
+            assert_eq!(
+                err(&["-f", "a", "--drain-timeout", bad]),
+                format!("invalid opt[--drain-timeout {bad}]")
+            );
+        }
+        assert_eq!(
+            err(&["-f", "a", "--drain-timeout"]),
+            "invalid opt[--drain-timeout]"
+        );
         assert_eq!(err(&["-t", "2"]), "", "no -f: usage only");
         assert_eq!(err(&["stray"]), "invalid opt[stray]");
     }

@@ -37,6 +37,7 @@ fn assert_usage(stdout: &str, ctx: &str) {
         "--data-path",
         "--pid-file",
         "[ --xdp (auto|off|generic|native) ]",
+        "[ --drain-timeout (seconds) ]",
     ] {
         assert!(
             stdout.contains(ext),

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -117,6 +117,57 @@ fn term_closes_listeners_at_once_and_drains_sessions() {
         .expect("g6 did not exit after its last session");
     assert_eq!(status.code(), Some(0));
     assert!(!g6.dir().join("g6.pid").exists(), "pid file left behind");
+}
+
+/// `--drain-timeout` [ext]: TERM's drain lasts at most that long; then the sessions left are
+/// closed (each logs `close=shutdown`) and the process exits 0. On every data path.
+#[test]
+fn drain_timeout_closes_the_sessions_left_then_exits() {
+    for path in ["copy", "splice", "sockmap"] {
+        let echo = Backend::echo();
+        let l = PreBound::tcp("127.0.0.1:0");
+        let g6 = start_with(
+            &format!("r RR *:* - {l} > {} ;\n", echo.addr()),
+            &[&l],
+            &["--data-path", path, "--drain-timeout", "1"],
+        );
+        let mut s = connect(l.addr());
+        let client = s.local_addr().unwrap();
+        let mut buf = [0u8; 6];
+        s.write_all(b"before").unwrap();
+        s.read_exact(&mut buf).unwrap();
+        let t0 = Instant::now();
+        g6.signal(Signal::SIGTERM);
+        // Still served while the drain lasts.
+        s.write_all(b"during").unwrap();
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"during", "[{path}]");
+        // Then closed: EOF, not before the timeout.
+        assert_eq!(
+            s.read(&mut buf).unwrap(),
+            0,
+            "[{path}] EOF at the drain timeout"
+        );
+        let closed_after = t0.elapsed();
+        assert!(
+            closed_after + Duration::from_millis(100) >= Duration::from_secs(1),
+            "[{path}] closed {closed_after:?} after TERM, before the 1 s drain timeout"
+        );
+        let status = g6
+            .wait_exit(WAIT_TIMEOUT)
+            .expect("g6 did not exit after the drain timeout");
+        assert_eq!(status.code(), Some(0), "[{path}]");
+        let log = g6.log_contents();
+        assert!(
+            log.contains("drain timeout (1 s): closing the 1 sessions left"),
+            "[{path}] {log}"
+        );
+        let access = log
+            .lines()
+            .find(|l| l.contains(&format!("| session rule=r client={client} ")))
+            .unwrap_or_else(|| panic!("[{path}] no access line for {client}: {log}"));
+        assert!(access.ends_with(" close=shutdown"), "[{path}] {access}");
+    }
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct WorkerSetup {
     pub set_cpu_affinity: bool,
     pub data_path: DataPath,
     pub sessions: Option<u64>,
+    /// How long a drain may last before the sessions left are closed; `None`: no limit.
+    pub drain_timeout: Option<Duration>,
 }
 
 /// Entry point in the forked child; returns the exit status.
@@ -245,6 +247,10 @@ async fn serve(
         return 1;
     }
     let mut draining = false;
+    // `--drain-timeout`: when the drain must end, then when the sessions closed at that
+    // point must have ended (the worker exits anyway).
+    let (mut drain_deadline, mut closed_deadline) = (None, None);
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
     loop {
         tokio::select! {
             r = control.readable() => {
@@ -266,6 +272,7 @@ async fn serve(
                     (Message::Drain, _) => {
                         listeners.stop_all().await;
                         draining = true;
+                        drain_deadline = setup.drain_timeout.map(|t| tokio::time::Instant::now() + t);
                         tracing::info!(
                             "worker: listeners closed; {} sessions to finish",
                             shared.registry.proxied()
@@ -291,9 +298,30 @@ async fn serve(
                 tracing::info!("worker: all sessions done");
                 return 0;
             }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(far)), if drain_deadline.is_some() => {
+                drain_deadline = None;
+                shared.drain_expired.store(true, std::sync::atomic::Ordering::Relaxed);
+                let n = shared.registry.shut_down_proxied();
+                tracing::warn!(
+                    "worker: drain timeout ({} s): closing the {n} sessions left",
+                    setup.drain_timeout.unwrap_or_default().as_secs()
+                );
+                closed_deadline = Some(tokio::time::Instant::now() + CLOSED_SESSIONS_GRACE);
+            }
+            _ = tokio::time::sleep_until(closed_deadline.unwrap_or_else(far)), if closed_deadline.is_some() => {
+                tracing::warn!(
+                    "worker: {} closed sessions still running after {CLOSED_SESSIONS_GRACE:?}; exiting",
+                    shared.registry.proxied()
+                );
+                return 0;
+            }
         }
     }
 }
+
+/// After a drain timeout, how long the sessions whose sockets were shut down may take to end
+/// (a spliced one may wait for bytes the kernel still holds) before the worker exits anyway.
+const CLOSED_SESSIONS_GRACE: Duration = Duration::from_secs(2);
 
 /// Each worker loads its own maps (a crashed worker's entries die with it). The monitor's
 /// self-test already passed; a failure here still falls back, with the reason logged.

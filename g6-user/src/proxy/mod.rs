@@ -41,6 +41,8 @@ pub struct Shared {
     pub accelerator: Option<sockmap::Accelerator>,
     /// Sources refused at admission (admin `block`); mirrored into the XDP guard if loaded.
     pub blocklist: crate::guard::BlockList,
+    /// A drain ran out of time (`--drain-timeout`): sessions end with `close=shutdown`.
+    pub drain_expired: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             slots,
             data_path,
             accept_refused: AtomicU64::new(0),
+            drain_expired: std::sync::atomic::AtomicBool::new(false),
             reserve_fd: Mutex::new(File::open("/dev/null").ok()),
             listeners: Mutex::new(Vec::new()),
         })

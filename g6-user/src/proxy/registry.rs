@@ -160,6 +160,27 @@ impl Registry {
         }
     }
 
+    /// Shuts both sockets of every proxied session down (both directions), so that each
+    /// ends through its own relay's end of stream and logs its access line; → how many.
+    /// A session may have closed a socket before leaving the registry (its entry goes last),
+    /// and the number reused since: at worst another socket of a session being ended too, or
+    /// a non-socket (ENOTSOCK). Only for a drain that has run out of time.
+    pub fn shut_down_proxied(&self) -> usize {
+        let entries = lock(&self.entries);
+        let mut n = 0;
+        for e in entries.values() {
+            let Entry::Proxy(p) = e else { continue };
+            let server = lock(&p.server).map(|(_, fd)| fd);
+            for fd in std::iter::once(p.client_fd).chain(server) {
+                // SAFETY: shutdown(2) on a descriptor number only changes socket state; see
+                // above for a number that was closed or reused.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Number of proxied (non-admin) sessions.
     pub fn proxied(&self) -> usize {
         lock(&self.entries)

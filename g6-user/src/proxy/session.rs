@@ -263,6 +263,12 @@ pub fn run(
                 (reason, Some(chosen.server.entry.addr), Some(path))
             }
         };
+        // Ended because the drain ran out of time (the worker shut its sockets down).
+        let reason = if shared.drain_expired.load(Relaxed) {
+            CloseReason::Shutdown
+        } else {
+            reason
+        };
         let (peer, listen) = (a.peer, a.listener.addr);
         let Admitted {
             registration,
