@@ -170,6 +170,57 @@ fn drain_timeout_closes_the_sessions_left_then_exits() {
     }
 }
 
+/// A session still connecting when the drain runs out stops there: no server failure is
+/// counted or logged, no other server is tried, and it logs `close=shutdown`.
+#[test]
+fn drain_timeout_stops_a_session_still_connecting() {
+    let (hangs, s1) = (NeverAccept::new(), Backend::identify("s1"));
+    let (a, l) = (PreBound::tcp("127.0.0.1:0"), PreBound::tcp("127.0.0.1:0"));
+    let g6 = start_with(
+        &format!(
+            "admin G 127.0.0.1:* - {a} ;\nr RR *:* - ( connect_timeout = 60 ) {l} > {} {} ;\n",
+            hangs.addr(),
+            s1.addr()
+        ),
+        &[&a, &l],
+        &["--drain-timeout", "1"],
+    );
+    let mut c = connect(l.addr());
+    let client = c.local_addr().unwrap();
+    // Round robin tries the first server first; its connect hangs (SPEC §9.4: CONNECTING).
+    assert!(
+        wait_until(WAIT_TIMEOUT, || admin_cmd(a.addr(), "show sessions\n")
+            .lines()
+            .any(
+                |l| l.contains(" CONNECTING | ") && l.contains(&client.to_string())
+            )),
+        "the session never showed CONNECTING: {}",
+        admin_cmd(a.addr(), "show sessions\n")
+    );
+    g6.signal(Signal::SIGTERM);
+    assert_eq!(
+        c.read(&mut [0u8; 1]).unwrap(),
+        0,
+        "EOF at the drain timeout"
+    );
+    let status = g6.wait_exit(WAIT_TIMEOUT).expect("g6 did not exit");
+    assert_eq!(status.code(), Some(0));
+    let log = g6.log_contents();
+    let access = log
+        .lines()
+        .find(|l| l.contains(&format!("| session rule=r client={client} ")))
+        .unwrap_or_else(|| panic!("no access line for {client}: {log}"));
+    assert!(
+        access.contains(" server=- ") && access.ends_with(" close=shutdown"),
+        "{access}"
+    );
+    assert!(
+        !log.contains("failed:"),
+        "a server failure was logged: {log}"
+    );
+    assert_eq!(s1.accepted(), 0, "another server was tried");
+}
+
 #[test]
 fn int_stops_at_once_even_with_sessions() {
     let echo = Backend::echo();

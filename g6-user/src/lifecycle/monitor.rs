@@ -234,18 +234,22 @@ pub fn run(mut m: Monitor, mut ready: Option<std::fs::File>) -> i32 {
             },
             Signal::SIGHUP if draining => tracing::warn!("HUP ignored while stopping"),
             Signal::SIGHUP => {
-                // systemd shows the unit reloading until READY=1 (the notify-reload protocol).
-                let mut reloading = vec![sd_notify::NotifyState::Reloading];
-                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
-                notify(&reloading);
+                // systemd shows the unit reloading until READY=1 (the notify-reload protocol);
+                // before the start is announced, READY=1 would announce it too early.
+                if announced {
+                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                    notify(&reloading);
+                }
                 // One line: a notification's fields are newline-separated.
                 let status = reload(&mut m, &worker)
                     .unwrap_or_else(|e| e)
                     .replace('\n', " | ");
-                notify(&[
-                    sd_notify::NotifyState::Status(&status),
-                    sd_notify::NotifyState::Ready,
-                ]);
+                let mut states = vec![sd_notify::NotifyState::Status(&status)];
+                if announced {
+                    states.push(sd_notify::NotifyState::Ready);
+                }
+                notify(&states);
             }
             Signal::SIGCHLD => {
                 while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {

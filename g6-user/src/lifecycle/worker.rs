@@ -271,8 +271,13 @@ async fn serve(
                     (Message::Stop, _) => return 0,
                     (Message::Drain, _) => {
                         listeners.stop_all().await;
+                        if !draining {
+                            // A limit too far to represent is no limit.
+                            drain_deadline = setup
+                                .drain_timeout
+                                .and_then(|t| tokio::time::Instant::now().checked_add(t));
+                        }
                         draining = true;
-                        drain_deadline = setup.drain_timeout.map(|t| tokio::time::Instant::now() + t);
                         tracing::info!(
                             "worker: listeners closed; {} sessions to finish",
                             shared.registry.proxied()
@@ -300,7 +305,7 @@ async fn serve(
             }
             _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(far)), if drain_deadline.is_some() => {
                 drain_deadline = None;
-                shared.drain_expired.store(true, std::sync::atomic::Ordering::Relaxed);
+                shared.drain_expired.store(true, std::sync::atomic::Ordering::Release);
                 let n = shared.registry.shut_down_proxied();
                 tracing::warn!(
                     "worker: drain timeout ({} s): closing the {n} sessions left",

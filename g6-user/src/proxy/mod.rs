@@ -259,14 +259,22 @@ pub async fn accept_loop(
                     AcceptFailure::Descriptors => {
                         tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
                         if !refuse_via_reserve(&shared, &listener, &info) {
-                            // Never spin: wait a little longer each time nothing could be done.
-                            tokio::time::sleep(backoff).await;
+                            // Never spin: wait a little longer each time nothing could be done
+                            // (a stop still closes the listener at once).
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stop.changed() => {}
+                            }
                             backoff = (backoff * 2).min(Duration::from_secs(1));
                         }
                     }
                     AcceptFailure::Memory => {
                         tracing::warn!("accept on {}: {e}; retrying in {backoff:?}", info.addr);
-                        tokio::time::sleep(backoff).await;
+                        // A stop still closes the listener at once.
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => {}
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                     AcceptFailure::OneClient => tracing::debug!("accept on {}: {e}", info.addr),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
@@ -125,6 +125,11 @@ async fn select_and_connect(shared: &Shared, a: &Admitted, info: &ProxyInfo) -> 
                 }
             }
         };
+        // A drain that ran out of time shut the socket down (`--drain-timeout`): not the
+        // server's failure, and no other server is tried.
+        if shared.drain_expired.load(Acquire) {
+            return Attempt::Failed(CloseReason::Shutdown);
+        }
         match result {
             Ok(stream) => return Attempt::Connected(stream, chosen),
             Err(e @ ConnectError::Local(_)) => {
@@ -264,7 +269,7 @@ pub fn run(
             }
         };
         // Ended because the drain ran out of time (the worker shut its sockets down).
-        let reason = if shared.drain_expired.load(Relaxed) {
+        let reason = if shared.drain_expired.load(Acquire) {
             CloseReason::Shutdown
         } else {
             reason
