@@ -345,6 +345,57 @@ fn slowloris_trickles_hold_only_their_own_slots() {
 /// A flood of 1 000 connections from 127.0.0.3 (limit `DATA_FROM_3`) as fast as they can
 /// be made: at most the limit is ever served, the rest are refused and counted, and the
 /// well-behaved clients keep their service.
+/// Bulk flows beside a client that never reads its echo (its session then waits on a full
+/// window with a full buffer) starve nobody: the well-behaved clients are answered in time
+/// (the original 1.0.5 let a slow receiver starve the others), the bulk streams arrive
+/// intact, and the agent is back at rest afterwards. One relay thread serves all of it.
+#[test]
+fn bulk_flows_beside_a_stalled_reader_starve_no_one() {
+    let t = target();
+    let base = t.agent.rest();
+    let data = t.data;
+    let mut stalled = connect(data);
+    under_attack(&t, "bulk flows beside a stalled reader", || {
+        // Write until TCP stops the writer: the echo it never reads has filled every buffer
+        // on the way back, then the ones on the way in.
+        stalled
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut g = DataGen::new(fresh_seed());
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        let blocked = loop {
+            g.fill(&mut buf);
+            match stalled.write(&buf) {
+                Ok(n) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break true;
+                }
+                Err(e) => panic!("stalled client: write failed after {sent} bytes: {e}"),
+            }
+            if sent > 512 * MIB {
+                break false;
+            }
+        };
+        assert!(
+            blocked,
+            "the stalled client was never held back ({sent} bytes taken)"
+        );
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| echo_checked(data, 64 << 20));
+            }
+        });
+    });
+    drop(stalled);
+    t.agent.expect_rest(&base, WAIT_TIMEOUT);
+}
+
 #[test]
 fn connection_flood_over_the_limits() {
     const FLOOD: usize = 1000;
