@@ -259,23 +259,12 @@ pub async fn accept_loop(
                     AcceptFailure::Descriptors => {
                         tracing::error!("accept on {}: {e}; refusing clients until descriptors free up", info.addr);
                         if !refuse_via_reserve(&shared, &listener, &info) {
-                            // Never spin: wait a little longer each time nothing could be done
-                            // (a stop still closes the listener at once).
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = stop.changed() => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                            back_off(&mut backoff, &mut stop).await;
                         }
                     }
                     AcceptFailure::Memory => {
                         tracing::warn!("accept on {}: {e}; retrying in {backoff:?}", info.addr);
-                        // A stop still closes the listener at once.
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        back_off(&mut backoff, &mut stop).await;
                     }
                     AcceptFailure::OneClient => tracing::debug!("accept on {}: {e}", info.addr),
                 },
@@ -283,6 +272,16 @@ pub async fn accept_loop(
         }
     }
     shared.remove_listener(info.addr);
+}
+
+/// Never spin on an accept that keeps failing: waits `backoff` (a stop ends the wait, so
+/// the listener still closes at once), then doubles it, up to 1 s.
+async fn back_off(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = stop.changed() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(1));
 }
 
 #[cfg(test)]
