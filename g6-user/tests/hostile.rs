@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use robust::{Agent, raise_nofile, status_kb};
+use robust::{Agent, Pusher, raise_nofile, status_kb};
 use support::data::{DataGen, fresh_seed};
 use support::*;
 
@@ -354,38 +354,11 @@ fn bulk_flows_beside_a_stalled_reader_starve_no_one() {
     let t = target();
     let base = t.agent.rest();
     let data = t.data;
-    let mut stalled = connect(data);
+    let stalled = connect(data);
     under_attack(&t, "bulk flows beside a stalled reader", || {
         // Write until TCP stops the writer: the echo it never reads has filled every buffer
         // on the way back, then the ones on the way in.
-        stalled
-            .set_write_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut g = DataGen::new(fresh_seed());
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0usize;
-        let blocked = loop {
-            g.fill(&mut buf);
-            match stalled.write(&buf) {
-                Ok(n) => sent += n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break true;
-                }
-                Err(e) => panic!("stalled client: write failed after {sent} bytes: {e}"),
-            }
-            if sent > 512 * MIB {
-                break false;
-            }
-        };
-        assert!(
-            blocked,
-            "the stalled client was never held back ({sent} bytes taken)"
-        );
+        Pusher::new().push_until_blocked(&stalled, 512 << 20, "the stalled client");
         thread::scope(|s| {
             for _ in 0..2 {
                 s.spawn(|| echo_checked(data, 64 << 20));

@@ -162,12 +162,16 @@ fn drain_timeout_closes_the_sessions_left_then_exits() {
             log.contains("drain timeout (1 s): closing the 1 sessions left"),
             "[{path}] {log}"
         );
-        let access = log
-            .lines()
-            .find(|l| l.contains(&format!("| session rule=r client={client} ")))
-            .unwrap_or_else(|| panic!("[{path}] no access line for {client}: {log}"));
+        let access = access_line(&log, client);
         assert!(access.ends_with(" close=shutdown"), "[{path}] {access}");
     }
+}
+
+/// Rule `r`'s access line for `client` in `log`.
+fn access_line(log: &str, client: SocketAddr) -> &str {
+    log.lines()
+        .find(|l| l.contains(&format!("| session rule=r client={client} ")))
+        .unwrap_or_else(|| panic!("no access line for {client}: {log}"))
 }
 
 /// A session still connecting when the drain runs out stops there: no server failure is
@@ -206,10 +210,7 @@ fn drain_timeout_stops_a_session_still_connecting() {
     let status = g6.wait_exit(WAIT_TIMEOUT).expect("g6 did not exit");
     assert_eq!(status.code(), Some(0));
     let log = g6.log_contents();
-    let access = log
-        .lines()
-        .find(|l| l.contains(&format!("| session rule=r client={client} ")))
-        .unwrap_or_else(|| panic!("no access line for {client}: {log}"));
+    let access = access_line(&log, client);
     assert!(
         access.contains(" server=- ") && access.ends_with(" close=shutdown"),
         "{access}"

@@ -10,13 +10,12 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::data::{Checksum, DataGen, digest_of_stream, fresh_seed};
+use support::data::{Checksum, DataGen, Digest, digest_of_stream, fresh_seed};
 
 use support::*;
 
@@ -73,38 +72,36 @@ const AGENT_LEAD: u64 = g6::proxy::sockmap::BUDGET_SLACK / 4;
 /// [`AGENT_LEAD`] of; `None` for a transfer too short to need it.
 type Reported<'a> = Option<&'a mut dyn FnMut() -> u64>;
 
+/// Bytes a receiver thread has read so far, signalled after every read.
+type Received = Arc<(Mutex<u64>, Condvar)>;
+
+/// Reads `rx` to EOF on a thread, publishing the count in `received`; → the stream's digest.
+fn spawn_receiver(mut rx: TcpStream, received: Received) -> thread::JoinHandle<Digest> {
+    thread::spawn(move || {
+        rx.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
+        let mut sum = Checksum::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match rx.read(&mut buf) {
+                Ok(0) => return sum.digest(),
+                Ok(k) => {
+                    sum.update(&buf[..k]);
+                    *received.0.lock().unwrap() = sum.len();
+                    received.1.notify_all();
+                }
+                Err(e) => panic!("receiver after {} bytes: {e}", sum.len()),
+            }
+        }
+    })
+}
+
 /// Sends `n` bytes of a fresh stream on `tx` while a thread reads them from `rx`, at most
 /// [`AHEAD`] ahead of the reader (and [`AGENT_LEAD`] ahead of `reported`); then closes
 /// `tx`'s side and `rx` (FIN both ways) and checks that `rx` got exactly the stream.
-fn paced_transfer(
-    mut tx: TcpStream,
-    mut rx: TcpStream,
-    n: u64,
-    what: &str,
-    mut reported: Reported,
-) {
+fn paced_transfer(mut tx: TcpStream, rx: TcpStream, n: u64, what: &str, mut reported: Reported) {
     let seed = fresh_seed();
-    let read = Arc::new((Mutex::new(0u64), Condvar::new()));
-    let reader = {
-        let read = Arc::clone(&read);
-        thread::spawn(move || {
-            rx.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
-            let mut sum = Checksum::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                match rx.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => {
-                        sum.update(&buf[..k]);
-                        *read.0.lock().unwrap() = sum.len();
-                        read.1.notify_all();
-                    }
-                    Err(e) => panic!("receiver after {} bytes: {e}", sum.len()),
-                }
-            }
-            sum.digest()
-        })
-    };
+    let read = Received::default();
+    let reader = spawn_receiver(rx, read.clone());
     let mut g = DataGen::new(seed);
     let mut buf = vec![0u8; AHEAD as usize / 2];
     let (mut sent, mut agent_saw) = (0u64, 0u64);
@@ -314,28 +311,11 @@ fn a_stopped_agent_bounds_what_the_kernel_redirects() {
     let worker = worker_of(&g6);
     let mut admin = AdminConn::connect(a.addr());
     let mut tx = connect(l.addr());
-    let (mut rx, _) = server.accept().expect("accept the agent's connection");
+    let (rx, _) = server.accept().expect("accept the agent's connection");
     let client = tx.local_addr().unwrap();
     let seed = fresh_seed();
-    let received = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let received = Arc::clone(&received);
-        thread::spawn(move || {
-            rx.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
-            let mut sum = Checksum::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                match rx.read(&mut buf) {
-                    Ok(0) => return sum.digest(),
-                    Ok(k) => {
-                        sum.update(&buf[..k]);
-                        received.store(sum.len(), Relaxed);
-                    }
-                    Err(e) => panic!("receiver after {} bytes: {e}", sum.len()),
-                }
-            }
-        })
-    };
+    let received = Received::default();
+    let reader = spawn_receiver(rx, received.clone());
     let mut g = DataGen::new(seed);
     let mut first = vec![0u8; FIRST as usize];
     g.fill(&mut first);
@@ -367,7 +347,7 @@ fn a_stopped_agent_bounds_what_the_kernel_redirects() {
         "the stopped agent's socket took in only {} bytes",
         tcp_acked()
     );
-    let while_stopped = received.load(Relaxed);
+    let while_stopped = *received.0.lock().unwrap();
     drop(stopped);
     assert!(
         while_stopped <= BUDGET,
